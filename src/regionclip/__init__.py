@@ -1,0 +1,9 @@
+"""regionclip: RegionCLIP (CVPR 2022) in plain PyTorch."""
+
+from .api import RegionCLIP
+from .config import ModelConfig
+from .results import RegionPredictions
+from .text.vocabulary import Vocabulary
+
+__all__ = ["ModelConfig", "RegionCLIP", "RegionPredictions", "Vocabulary"]
+__version__ = "0.1.0"

@@ -1,0 +1,296 @@
+"""The user-facing model: ``RegionCLIP.from_pretrained(...)`` then ``classify_regions`` / ``embed_regions``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .checkpoints.clip_weights import CheckpointParts, infer_config, load_checkpoint, save_safetensors, split_checkpoint
+from .config import ModelConfig
+from .data.images import ImageInput, PreparedImage, prepare_image
+from .modeling.classifier import TextEmbeddingClassifier
+from .modeling.clip_parts import CLIPTextEncoder, build_open_clip, build_visual, split_visual
+from .results import RegionPredictions
+from .text.embedder import TextEmbedder
+from .text.vocabulary import Vocabulary
+
+OPENAI_NAMES = ("RN50", "RN50x4", "RN101", "RN50x16", "RN50x64")
+WEIGHTS_FILENAME = "model.safetensors"
+
+
+def _as_boxes(boxes: object) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(boxes, dtype=np.float32) if not isinstance(boxes, torch.Tensor) else boxes)
+    tensor = tensor.float().reshape(-1, 4) if tensor.numel() else tensor.float().reshape(0, 4)
+    if not torch.isfinite(tensor).all():
+        raise ValueError("boxes contain non-finite values")
+    if (tensor[:, 2] < tensor[:, 0]).any() or (tensor[:, 3] < tensor[:, 1]).any():
+        raise ValueError("boxes must be xyxy with x2 >= x1 and y2 >= y1 (original-image pixels)")
+    return tensor
+
+
+class RegionCLIP(nn.Module):
+    """CLIP's visual tower applied to regions (trunk → RoIAlign → res5 + attention pool), CLIP's text tower for
+    vocabularies, and the zero-shot classifier. Parts are swappable attributes: ``trunk``, ``pooler``, ``head``,
+    ``text_encoder``, ``classifier``."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        trunk: nn.Module,
+        pooler: nn.Module,
+        head: nn.Module,
+        text_encoder: CLIPTextEncoder | None = None,
+        classifier: TextEmbeddingClassifier | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.trunk, self.pooler, self.head = trunk, pooler, head
+        self.text_encoder = text_encoder
+        self.classifier = classifier or TextEmbeddingClassifier(config.temperature)
+        self.register_buffer("pixel_mean", torch.tensor(config.input.pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.input.pixel_std).view(3, 1, 1), persistent=False)
+        self.region_batch_size = 256  # regions per res5 + attention-pool call; bounds peak memory
+        self._embedder: TextEmbedder | None = None
+        self.eval()
+
+    # ---- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> RegionCLIP:
+        """Randomly initialised model of the given shape."""
+        if config.text is not None:
+            clip = build_open_clip(config)
+            visual, text_encoder = clip.visual, CLIPTextEncoder(clip)
+        else:
+            visual, text_encoder = build_visual(config), None
+        trunk, pooler, head = split_visual(visual, config.vision.pooler_resolution)
+        return cls(config, trunk, pooler, head, text_encoder)
+
+    @classmethod
+    def from_parts(cls, parts: CheckpointParts, config: ModelConfig | None = None) -> RegionCLIP:
+        """Build from a split checkpoint, loading every visual and text tensor strictly."""
+        config = config or parts.config
+        if config is None:
+            raise ValueError("no model config: pass one or use a checkpoint it can be inferred from")
+        if parts.text is None:
+            config = ModelConfig.from_dict({**config.to_dict(), "text": None})
+        model = cls.from_config(config)
+        visual_state = {f"trunk.{k}" if not k.startswith(("layer4.", "attnpool.")) else f"head.{k}": v for k, v in parts.visual.items()}
+        text_state = {f"text_encoder.{k}": v for k, v in (parts.text or {}).items()}
+        result = model.load_state_dict({**visual_state, **text_state}, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"weights do not fit a {config.name} model: missing {result.missing_keys[:5]}, "
+                f"unexpected {result.unexpected_keys[:5]}"
+            )
+        model.checkpoint_parts = parts  # classifier / RPN tensors and unused keys, for callers that need them
+        return model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        branch: str = "student",
+        device: str | torch.device | None = None,
+        config: ModelConfig | None = None,
+    ) -> RegionCLIP:
+        """Load weights from a local file or directory, or OpenAI CLIP through open_clip by name (``"RN50"``).
+
+        Files: OpenAI ``RN50.pt`` (TorchScript or state dict), open_clip checkpoints, official RegionCLIP / detectron2
+        ``.pth`` (``branch="teacher"`` picks ``teacher_backbone.*``), and this project's ``.safetensors``.
+        """
+        path = Path(name_or_path)
+        if path.is_dir():
+            path = path / WEIGHTS_FILENAME
+        if path.is_file():
+            parts = load_checkpoint(path, branch=branch)
+        elif str(name_or_path) in OPENAI_NAMES:
+            parts = _openai_parts(str(name_or_path))
+        else:
+            raise FileNotFoundError(
+                f"{name_or_path!r} is neither a weights file/directory nor one of the OpenAI models {OPENAI_NAMES}"
+            )
+        model = cls.from_parts(parts, config)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return model.to(device)
+
+    def openai_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights under OpenAI CLIP names (``visual.*`` and the text keys)."""
+        state = {}
+        for key, value in self.state_dict().items():
+            part, _, rest = key.partition(".")
+            if part in ("trunk", "head"):
+                state[f"visual.{rest}"] = value
+            elif part == "text_encoder":
+                state[rest] = value
+        return state
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``model.safetensors`` (OpenAI names + config metadata) into a directory, or to a file path."""
+        path = Path(path)
+        target = path if path.suffix == ".safetensors" else path / WEIGHTS_FILENAME
+        return save_safetensors(target, self.openai_state_dict(), self.config)
+
+    # ---- images → region embeddings ----------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def prepare(self, images: Sequence[ImageInput]) -> list[PreparedImage]:
+        return [prepare_image(im, self.config.input.min_size, self.config.input.max_size) for im in images]
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """0–255 RGB → CLIP-normalised input (same operation order as ToTensor + Normalize)."""
+        return (pixels.to(self.device) / 255.0 - self.pixel_mean) / self.pixel_std
+
+    def encode_boxes(self, prepared: Sequence[PreparedImage], input_boxes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Un-normalised region embeddings for boxes given in each image's *resized* input frame.
+
+        Images of equal size share one trunk batch; different sizes run separately instead of being padded to a
+        common size, so an image's features never depend on what it was batched with.
+        """
+        outputs: list[torch.Tensor | None] = [None] * len(prepared)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(prepared):
+            by_size.setdefault(image.size, []).append(index)
+        for indices in by_size.values():
+            batch = torch.stack([self.normalize(prepared[i].pixels) for i in indices])
+            features = self.trunk(batch)
+            pooled = self.pooler(features, [input_boxes[i].to(self.device) for i in indices])
+            embeddings = torch.cat(
+                [self.head(chunk) for chunk in pooled.split(self.region_batch_size)]
+            ) if len(pooled) else pooled.new_zeros(0, self.config.embed_dim)
+            for i, chunk in zip(indices, embeddings.split([len(input_boxes[i]) for i in indices])):
+                outputs[i] = chunk.float()
+        return outputs  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def embed_regions(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        boxes: object,
+        normalize: bool = True,
+        batch_size: int = 8,
+        progress: bool = False,
+    ) -> list[torch.Tensor]:
+        """Region embeddings ``[R_i, D]`` per image (L2-normalised unless ``normalize=False``). Boxes are xyxy in
+        original-image pixels; for a single image ``boxes`` may be one ``[R, 4]`` array."""
+        image_list, box_list = _pair_images_boxes(images, boxes)
+        result = []
+        for start in tqdm(range(0, len(image_list), batch_size), disable=not progress, desc="images", unit="batch"):
+            prepared = self.prepare(image_list[start : start + batch_size])
+            batch_boxes = box_list[start : start + batch_size]
+            embeddings = self.encode_boxes(prepared, [p.to_input_boxes(b) for p, b in zip(prepared, batch_boxes)])
+            result.extend(F.normalize(e, dim=-1) if normalize else e for e in embeddings)
+        return [r.cpu() for r in result]
+
+    # ---- vocabularies ------------------------------------------------------------------------------
+    @property
+    def text_embedder(self) -> TextEmbedder:
+        if self.text_encoder is None:
+            raise ValueError(
+                "these weights have no text encoder; pass class_embeddings (e.g. "
+                "regionclip.checkpoints.load_embedding_file('lvis_1203_cls_emb.pth'))"
+            )
+        if self._embedder is None or self._embedder.encoder is not self.text_encoder:
+            self._embedder = TextEmbedder(self.text_encoder)
+        return self._embedder
+
+    def embed_vocabulary(
+        self,
+        vocabulary: Vocabulary | str | Sequence[str],
+        templates: str | Sequence[str] = "ensemble",
+        use_cache: bool = True,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """``[K, D]`` un-normalised class embeddings (81-template ensemble by default), cached on disk."""
+        vocabulary = Vocabulary.parse(vocabulary)
+        return self.text_embedder.embed_names(vocabulary, templates, use_cache=use_cache, progress=progress)
+
+    def _class_embeddings(self, vocabulary: Vocabulary, class_embeddings: torch.Tensor | None, templates) -> torch.Tensor:
+        if class_embeddings is None:
+            class_embeddings = self.embed_vocabulary(vocabulary, templates)
+        if class_embeddings.shape[0] != len(vocabulary):
+            raise ValueError(
+                f"{class_embeddings.shape[0]} class embeddings for a vocabulary of {len(vocabulary)} names"
+            )
+        return class_embeddings.to(self.device)
+
+    # ---- zero-shot classification of given boxes ---------------------------------------------------
+    @torch.inference_mode()
+    def classify_regions(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        boxes: object,
+        vocabulary: Vocabulary | str | Sequence[str],
+        top_k: int = 3,
+        templates: str | Sequence[str] = "ensemble",
+        class_embeddings: torch.Tensor | None = None,
+        batch_size: int = 8,
+        image_ids: Sequence[int] | None = None,
+        progress: bool = False,
+    ) -> list[RegionPredictions]:
+        """Top-k vocabulary labels of every given box: ``softmax([cos/τ, 0])`` over the names and background, the
+        background dropped from the labels."""
+        vocabulary = Vocabulary.parse(vocabulary)
+        if top_k < 1:
+            raise ValueError(f"top_k must be ≥ 1, got {top_k}")
+        top_k = min(top_k, len(vocabulary))
+        weights = self._class_embeddings(vocabulary, class_embeddings, templates)
+        image_list, box_list = _pair_images_boxes(images, boxes)
+        if image_ids is not None and len(image_ids) != len(image_list):
+            raise ValueError("image_ids must have one id per image")
+        predictions = []
+        for start in tqdm(range(0, len(image_list), batch_size), disable=not progress, desc="images", unit="batch"):
+            chunk = image_list[start : start + batch_size]
+            prepared = self.prepare(chunk)
+            chunk_boxes = box_list[start : start + batch_size]
+            features = self.encode_boxes(prepared, [p.to_input_boxes(b) for p, b in zip(prepared, chunk_boxes)])
+            for offset, (image, prep, region_boxes, feats) in enumerate(zip(chunk, prepared, chunk_boxes, features)):
+                probs = self.classifier.probabilities(feats, weights)
+                scores, labels = probs.topk(top_k, dim=1)
+                predictions.append(
+                    RegionPredictions(
+                        boxes=region_boxes.cpu().numpy(),
+                        scores=scores.cpu().numpy(),
+                        labels=labels.cpu().numpy(),
+                        vocabulary=vocabulary,
+                        image_size=prep.original_size,
+                        image_id=image_ids[start + offset] if image_ids is not None else None,
+                        source=str(image) if isinstance(image, (str, Path)) else None,
+                    )
+                )
+        return predictions
+
+
+def _pair_images_boxes(images: object, boxes: object) -> tuple[list[ImageInput], list[torch.Tensor]]:
+    single = not isinstance(images, (list, tuple))
+    image_list = [images] if single else list(images)
+    if single:
+        box_list = [_as_boxes(boxes)]
+    else:
+        if not isinstance(boxes, (list, tuple)) or len(boxes) != len(image_list):
+            raise ValueError(f"give one box array per image: {len(image_list)} images")
+        box_list = [_as_boxes(b) for b in boxes]
+    return image_list, box_list
+
+
+def _openai_parts(name: str) -> CheckpointParts:
+    """OpenAI CLIP weights through open_clip (downloads unless cached)."""
+    import open_clip
+
+    try:
+        clip = open_clip.create_model(name, pretrained="openai")
+    except Exception as error:  # network / hub failures surface with many exception types
+        raise RuntimeError(
+            f"could not load OpenAI {name} through open_clip ({error}). Offline? Put the OpenAI file "
+            f"(e.g. {name}.pt) on disk and pass its path."
+        ) from error
+    parts = split_checkpoint(clip.state_dict())
+    parts.config = infer_config(parts.visual, parts.text)
+    return parts

@@ -1,0 +1,7 @@
+"""Box-detection metrics for zero-shot and open-vocabulary evaluation (COCO, OV-COCO splits, LVIS)."""
+
+from regionclip.evaluation.coco import evaluate_coco
+from regionclip.evaluation.lvis import evaluate_lvis, limit_detections_per_image
+from regionclip.evaluation.table import format_metrics
+
+__all__ = ["evaluate_coco", "evaluate_lvis", "format_metrics", "limit_detections_per_image"]

@@ -1,0 +1,147 @@
+"""CLIP's towers (from open_clip) split into the parts a region model needs.
+
+The visual ModifiedResNet is divided as in RegionCLIP's C4 design: a *trunk* (stem → layer3, i.e. res4 at
+stride 16) that runs once per image, a RoIAlign *pooler* on res4, and a *region head* (layer4 = res5 → the
+attention pool) that runs once per box. Module names follow OpenAI's after ``visual.`` so weights map 1:1.
+"""
+
+from __future__ import annotations
+
+import torch
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from open_clip.modified_resnet import ModifiedResNet
+from open_clip.transformer import text_global_pool
+from torch import nn
+from torchvision.ops import roi_align
+
+from ..config import TRUNK_STRIDE, ModelConfig
+from .frozen_bn import freeze_batchnorm
+
+
+def build_open_clip(config: ModelConfig) -> CLIP:
+    """An open_clip CLIP (ModifiedResNet + text transformer, QuickGELU as OpenAI's) of the configured shape."""
+    text = config.text
+    if text is None:
+        raise ValueError("build_open_clip needs a text config")
+    vision_cfg = CLIPVisionCfg(
+        layers=config.vision.layers,
+        width=config.vision.width,
+        image_size=config.vision.image_size,
+        head_width=config.vision.head_width,
+    )
+    text_cfg = CLIPTextCfg(
+        context_length=text.context_length,
+        vocab_size=text.vocab_size,
+        width=text.width,
+        heads=text.heads,
+        layers=text.layers,
+    )
+    return CLIP(config.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg, quick_gelu=True)
+
+
+def build_visual(config: ModelConfig) -> ModifiedResNet:
+    """CLIP's ModifiedResNet alone (for checkpoints that carry no text tower)."""
+    return ModifiedResNet(
+        layers=list(config.vision.layers),
+        output_dim=config.embed_dim,
+        heads=config.vision.heads,
+        image_size=config.vision.image_size,
+        width=config.vision.width,
+    )
+
+
+class CLIPResNetTrunk(nn.Module):
+    """Stem (three 3x3 convs + avgpool) and layer1..layer3 of CLIP's ModifiedResNet; returns res4 (stride 16)."""
+
+    stride = TRUNK_STRIDE
+
+    def __init__(self, visual: ModifiedResNet) -> None:
+        super().__init__()
+        for name in ("conv1", "bn1", "act1", "conv2", "bn2", "act2", "conv3", "bn3", "act3", "avgpool"):
+            setattr(self, name, getattr(visual, name))
+        self.layer1, self.layer2, self.layer3 = visual.layer1, visual.layer2, visual.layer3
+
+    @property
+    def out_channels(self) -> int:
+        return self.layer3[-1].conv3.out_channels
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.conv1.weight.dtype)
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.act2(self.bn2(self.conv2(x)))
+        x = self.act3(self.bn3(self.conv3(x)))
+        x = self.avgpool(x)
+        return self.layer3(self.layer2(self.layer1(x)))
+
+
+class RoIPooler(nn.Module):
+    """RoIAlignV2 on res4: torchvision ``roi_align(aligned=True)``, adaptive sampling, scale 1/16."""
+
+    def __init__(self, output_size: int, spatial_scale: float = 1.0 / TRUNK_STRIDE, sampling_ratio: int = 0) -> None:
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+
+    def forward(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """``boxes[i]`` are xyxy boxes of image i in the (resized) input pixel frame; returns ``[sum R, C, S, S]``."""
+        return roi_align(
+            features,
+            [b.to(features.dtype) for b in boxes],
+            output_size=self.output_size,
+            spatial_scale=self.spatial_scale,
+            sampling_ratio=self.sampling_ratio,
+            aligned=True,
+        )
+
+
+class Res5AttnPoolHead(nn.Module):
+    """layer4 (res5) followed by CLIP's attention pool; maps pooled res4 regions to embeddings."""
+
+    def __init__(self, visual: ModifiedResNet) -> None:
+        super().__init__()
+        self.layer4 = visual.layer4
+        self.attnpool = visual.attnpool
+
+    @property
+    def out_channels(self) -> int:
+        return self.attnpool.c_proj.out_features
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.attnpool(self.layer4(pooled))
+
+
+class CLIPTextEncoder(nn.Module):
+    """CLIP's text tower: tokens ``[N, context]`` → projected EOT features ``[N, D]`` (un-normalised).
+
+    Same computation as open_clip's ``CLIP.encode_text`` (EOT = argmax of the token ids), held as its own module
+    so the visual tower can be swapped or absent.
+    """
+
+    def __init__(self, clip: CLIP) -> None:
+        super().__init__()
+        self.token_embedding = clip.token_embedding
+        self.positional_embedding = clip.positional_embedding
+        self.transformer = clip.transformer
+        self.ln_final = clip.ln_final
+        self.text_projection = clip.text_projection
+        self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+
+    @property
+    def context_length(self) -> int:
+        return self.positional_embedding.shape[0]
+
+    @property
+    def out_channels(self) -> int:
+        return self.text_projection.shape[1]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.token_embedding(tokens) + self.positional_embedding
+        x = self.ln_final(self.transformer(x, attn_mask=self.attn_mask))
+        return text_global_pool(x, tokens, "argmax") @ self.text_projection
+
+
+def split_visual(visual: ModifiedResNet, pooler_resolution: int) -> tuple[CLIPResNetTrunk, RoIPooler, Res5AttnPoolHead]:
+    """Freeze the BatchNorms and cut the ModifiedResNet into trunk, pooler and region head."""
+    freeze_batchnorm(visual)
+    return CLIPResNetTrunk(visual), RoIPooler(pooler_resolution), Res5AttnPoolHead(visual)

@@ -1,0 +1,126 @@
+"""Per-image predictions and their conversions to the formats users expect (conventions.md §5).
+
+All conversions come from one pass over the whole vocabulary: a RegionCLIP softmax over K names is never
+re-run per label as the HF pipeline does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .text.vocabulary import Vocabulary
+
+
+@dataclass
+class RegionPredictions:
+    """Predictions for the boxes of one image.
+
+    ``boxes`` are xyxy in original-image pixels; ``labels[i, j]`` / ``scores[i, j]`` are the j-th best vocabulary
+    index and score of box i (scores descending along j). Classification gives k labels per box; detection gives
+    one label per detection (k = 1).
+    """
+
+    boxes: np.ndarray  # [N, 4] float32
+    scores: np.ndarray  # [N, k] float32
+    labels: np.ndarray  # [N, k] int64
+    vocabulary: Vocabulary
+    image_size: tuple[int, int]  # (H, W) of the original image
+    image_id: int | None = None
+    source: str | None = None  # file path, when the image came from one
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. "objectness", "features"
+
+    def __post_init__(self) -> None:
+        n = len(self.boxes)
+        if self.scores.shape[0] != n or self.labels.shape != self.scores.shape:
+            raise ValueError("boxes, scores and labels disagree in length")
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    @property
+    def class_names(self) -> list[list[str]]:
+        return [[self.vocabulary.names[j] for j in row] for row in self.labels.tolist()]
+
+    def to_supervision(self):
+        """``supervision.Detections`` with the top-1 label per box; all top-k in ``data``."""
+        import supervision as sv
+
+        names = np.array([row[0] for row in self.class_names] if len(self) else [], dtype=object)
+        return sv.Detections(
+            xyxy=self.boxes.astype(np.float32).reshape(-1, 4),
+            confidence=self.scores[:, 0].astype(np.float32) if len(self) else np.zeros(0, np.float32),
+            class_id=self.labels[:, 0].astype(int) if len(self) else np.zeros(0, int),
+            data={
+                "class_name": names,
+                "topk_class_id": self.labels.astype(int),
+                "topk_confidence": self.scores.astype(np.float32),
+            },
+        )
+
+    def to_coco(self, image_id: int | None = None) -> list[dict[str, Any]]:
+        """COCO results entries: xywh boxes, the dataset's original category ids, one entry per (box, label)."""
+        image_id = self.image_id if image_id is None else image_id
+        if image_id is None:
+            raise ValueError("COCO results need an image_id")
+        out = []
+        for box, row_labels, row_scores in zip(self.boxes.tolist(), self.labels.tolist(), self.scores.tolist()):
+            x1, y1, x2, y2 = box
+            for label, score in zip(row_labels, row_scores):
+                out.append(
+                    {
+                        "image_id": int(image_id),
+                        "category_id": int(self.vocabulary.category_ids[label]),
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "score": float(score),
+                    }
+                )
+        return out
+
+    def to_hf(self, threshold: float = 0.0) -> list[dict[str, Any]]:
+        """The ``zero-shot-object-detection`` pipeline's list of dicts, sorted by score, int corner boxes."""
+        out = []
+        for box, row_labels, row_scores in zip(self.boxes.tolist(), self.labels.tolist(), self.scores.tolist()):
+            xmin, ymin, xmax, ymax = (int(round(v)) for v in box)
+            for label, score in zip(row_labels, row_scores):
+                if score >= threshold:
+                    out.append(
+                        {
+                            "score": float(score),
+                            "label": self.vocabulary.names[label],
+                            "box": {"xmin": xmin, "ymin": ymin, "xmax": xmax, "ymax": ymax},
+                        }
+                    )
+        return sorted(out, key=lambda d: d["score"], reverse=True)
+
+    def to_processor_dict(self) -> dict[str, Any]:
+        """``post_process_grounded_object_detection``-style dict (top-1 label per box)."""
+        return {
+            "scores": torch.from_numpy(self.scores[:, 0].copy()) if len(self) else torch.zeros(0),
+            "labels": torch.from_numpy(self.labels[:, 0].copy()) if len(self) else torch.zeros(0, dtype=torch.long),
+            "boxes": torch.from_numpy(self.boxes.copy()).reshape(-1, 4),
+            "text_labels": [row[0] for row in self.class_names],
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain-JSON record of this image's predictions (what the CLI writes)."""
+        return {
+            "image": self.source,
+            "image_id": self.image_id,
+            "height": self.image_size[0],
+            "width": self.image_size[1],
+            "regions": [
+                {
+                    "box": [round(v, 2) for v in box],
+                    "labels": names,
+                    "category_ids": [int(self.vocabulary.category_ids[j]) for j in row_labels],
+                    "scores": [float(s) for s in row_scores],
+                }
+                for box, names, row_labels, row_scores in zip(
+                    self.boxes.tolist(), self.class_names, self.labels.tolist(), self.scores.tolist()
+                )
+            ],
+        }

@@ -1,0 +1,97 @@
+"""Class-name embeddings from CLIP's text tower, with prompt ensembling and an on-disk cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..utils import atomic_write
+from .templates import prompt_name, resolve_templates
+from .vocabulary import Vocabulary
+
+
+def default_cache_dir() -> Path:
+    """``$REGIONCLIP_CACHE`` or ``~/.cache/regionclip``."""
+    return Path(os.environ.get("REGIONCLIP_CACHE", Path.home() / ".cache" / "regionclip"))
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's state dict (names, shapes, dtypes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+class TextEmbedder:
+    """Turns names into ``[N, D]`` un-normalised embeddings: the mean of the projected EOT features over the
+    prompt templates (official recipe), cached on disk by (text-weights fingerprint, templates, names)."""
+
+    def __init__(self, encoder: nn.Module, cache_dir: str | Path | None = None, batch_size: int = 256) -> None:
+        self.encoder = encoder
+        self.tokenizer = SimpleTokenizer(context_length=encoder.context_length)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "text_embeddings"
+        self.batch_size = batch_size
+        self._fingerprint: tuple[int, str] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    def fingerprint(self) -> str:
+        # Recomputed whenever a parameter changed in place (version counters), e.g. during training.
+        version = sum(p._version for p in self.encoder.parameters())
+        if self._fingerprint is None or self._fingerprint[0] != version:
+            self._fingerprint = (version, module_fingerprint(self.encoder))
+        return self._fingerprint[1]
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Projected EOT features of raw texts, ``[N, D]``, un-normalised."""
+        outputs = []
+        for start in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(list(texts[start : start + self.batch_size])).to(self.device)
+            outputs.append(self.encoder(tokens).float())
+        return torch.cat(outputs).cpu()
+
+    def cache_path(self, names: Sequence[str], templates: tuple[str, ...]) -> Path:
+        key = json.dumps({"weights": self.fingerprint(), "templates": list(templates), "names": list(names)})
+        return self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.safetensors"
+
+    def embed_names(
+        self,
+        names: Sequence[str] | Vocabulary,
+        templates: str | Sequence[str] = "ensemble",
+        use_cache: bool = True,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Embeddings ``[N, D]`` of class names (cleaned as the official code does), averaged over templates."""
+        prompts = list(names.prompt_names) if isinstance(names, Vocabulary) else [prompt_name(n) for n in names]
+        resolved = resolve_templates(templates if isinstance(templates, str) else tuple(templates))
+        path = self.cache_path(prompts, resolved) if use_cache else None
+        if path is not None and path.is_file():
+            return load_file(path)["embeddings"]
+        names_per_batch = max(1, self.batch_size // len(resolved))
+        rows = []
+        for start in tqdm(
+            range(0, len(prompts), names_per_batch), desc="embedding names", disable=not progress, unit="batch"
+        ):
+            chunk = prompts[start : start + names_per_batch]
+            features = self.encode_texts([t.format(name) for name in chunk for t in resolved])
+            rows.append(features.view(len(chunk), len(resolved), -1).mean(dim=1))
+        embeddings = torch.cat(rows)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda tmp: save_file({"embeddings": embeddings.contiguous()}, str(tmp)))
+        return embeddings
