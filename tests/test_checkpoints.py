@@ -8,7 +8,9 @@ import torch
 from conftest import make_model
 from regionclip import ModelConfig, RegionCLIP
 from regionclip.checkpoints import infer_config, load_checkpoint, read_state_dict, split_checkpoint
+from regionclip.checkpoints.detectron2_rpn import rpn_state_dict_for_detectron2
 from regionclip.modeling.clip_parts import build_open_clip
+from regionclip.modeling.rpn import ProposalNetwork, RPNConfig
 
 BOXES = [[0, 0, 64, 64], [10, 5, 50, 60]]
 
@@ -75,10 +77,10 @@ def test_official_regionclip_checkpoint_student_and_teacher(tmp_path):
     state = {**_to_detectron2(teacher, "teacher_backbone."), **_to_detectron2(student, "backbone.")}
     assert not any(k.endswith("num_batches_tracked") for k in state)
     dim = config.embed_dim
+    rpn = ProposalNetwork(RPNConfig.tiny("fpn"))
+    state.update(rpn_state_dict_for_detectron2(rpn, regionclip=True))  # the offline RPN inside the file
     state.update(
         {
-            "offline_backbone.bottom_up.stem.conv1.weight": torch.zeros(4, 3, 7, 7),
-            "offline_proposal_generator.rpn_head.conv.weight": torch.zeros(4, 4, 3, 3),
             "roi_heads.box_predictor.cls_score.weight": torch.randn(3, dim),
             "roi_heads.box_predictor.cls_bg_score.weight": torch.zeros(1, dim),
         }
@@ -87,8 +89,12 @@ def test_official_regionclip_checkpoint_student_and_teacher(tmp_path):
     torch.save({"model": state, "iteration": 5}, path)
     parts = load_checkpoint(path)
     assert parts.kind == "regionclip" and set(parts.classifier) == {"cls_score.weight", "cls_bg_score.weight"}
-    assert len(parts.rpn) == 2 and all(k.startswith("teacher_backbone.") for k in parts.other)
+    assert len(parts.rpn) == len(rpn.state_dict()) and all(k.startswith("teacher_backbone.") for k in parts.other)
     loaded_student = RegionCLIP.from_pretrained(path, config=config)
+    report = loaded_student.rpn_load_report
+    assert report.source_format == "regionclip" and not report.missing_keys and not report.unused_keys
+    for key, value in rpn.state_dict().items():
+        assert torch.equal(loaded_student.rpn.state_dict()[key], value)
     loaded_teacher = RegionCLIP.from_pretrained(path, branch="teacher", config=config)
     torch.testing.assert_close(_embeddings(loaded_student), _embeddings(student), atol=0, rtol=0)
     torch.testing.assert_close(_embeddings(loaded_teacher), _embeddings(teacher), atol=0, rtol=0)

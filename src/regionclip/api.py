@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -11,11 +12,14 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from .checkpoints.detectron2_rpn import LoadReport, load_detectron2_rpn, rpn_state_dict_for_detectron2
 from .checkpoints.clip_weights import CheckpointParts, infer_config, load_checkpoint, save_safetensors, split_checkpoint
 from .config import ModelConfig
 from .data.images import ImageInput, PreparedImage, prepare_image
+from .detection import DetectionConfig, fuse_scores, select_detections
 from .modeling.classifier import TextEmbeddingClassifier
 from .modeling.clip_parts import CLIPTextEncoder, build_open_clip, build_visual, split_visual
+from .modeling.rpn import RPNConfig
 from .results import RegionPredictions
 from .text.embedder import TextEmbedder
 from .text.vocabulary import Vocabulary
@@ -47,12 +51,14 @@ class RegionCLIP(nn.Module):
         head: nn.Module,
         text_encoder: CLIPTextEncoder | None = None,
         classifier: TextEmbeddingClassifier | None = None,
+        rpn: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.trunk, self.pooler, self.head = trunk, pooler, head
         self.text_encoder = text_encoder
         self.classifier = classifier or TextEmbeddingClassifier(config.temperature)
+        self.rpn = rpn  # class-agnostic proposal network (frozen, eval), used by detect()
         self.register_buffer("pixel_mean", torch.tensor(config.input.pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.input.pixel_std).view(3, 1, 1), persistent=False)
         self.region_batch_size = 256  # regions per res5 + attention-pool call; bounds peak memory
@@ -88,8 +94,21 @@ class RegionCLIP(nn.Module):
                 f"weights do not fit a {config.name} model: missing {result.missing_keys[:5]}, "
                 f"unexpected {result.unexpected_keys[:5]}"
             )
-        model.checkpoint_parts = parts  # classifier / RPN tensors and unused keys, for callers that need them
+        model.checkpoint_parts = parts  # classifier tensors and keys of unused parts, for callers that need them
+        if parts.rpn:
+            rpn_config = RPNConfig.from_dict(json.loads(parts.metadata["rpn_config"])) if "rpn_config" in parts.metadata else None
+            model.attach_rpn(parts.rpn, rpn_config)
         return model
+
+    def attach_rpn(self, source: str | Path | dict[str, torch.Tensor], config: RPNConfig | None = None) -> LoadReport:
+        """Load a detectron2 / RegionCLIP RPN (file or state dict; architecture detected from the keys) as
+        ``self.rpn``, frozen. Returns the load report (missing / unused keys)."""
+        rpn, report = load_detectron2_rpn(source, config)
+        if report.missing_keys or report.unused_keys or report.shape_mismatches:
+            raise ValueError("RPN weights do not fit the detected network:\n" + report.summary())
+        self.rpn = rpn.to(self.device)
+        self.rpn_load_report = report
+        return report
 
     @classmethod
     def from_pretrained(
@@ -98,11 +117,13 @@ class RegionCLIP(nn.Module):
         branch: str = "student",
         device: str | torch.device | None = None,
         config: ModelConfig | None = None,
+        rpn: str | Path | None = None,
     ) -> RegionCLIP:
         """Load weights from a local file or directory, or OpenAI CLIP through open_clip by name (``"RN50"``).
 
         Files: OpenAI ``RN50.pt`` (TorchScript or state dict), open_clip checkpoints, official RegionCLIP / detectron2
         ``.pth`` (``branch="teacher"`` picks ``teacher_backbone.*``), and this project's ``.safetensors``.
+        An RPN inside the file (``offline_*`` keys) is attached; ``rpn=`` loads one from a separate detectron2 file.
         """
         path = Path(name_or_path)
         if path.is_dir():
@@ -116,6 +137,8 @@ class RegionCLIP(nn.Module):
                 f"{name_or_path!r} is neither a weights file/directory nor one of the OpenAI models {OPENAI_NAMES}"
             )
         model = cls.from_parts(parts, config)
+        if rpn is not None:
+            model.attach_rpn(rpn)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return model.to(device)
 
@@ -131,10 +154,15 @@ class RegionCLIP(nn.Module):
         return state
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``model.safetensors`` (OpenAI names + config metadata) into a directory, or to a file path."""
+        """Write ``model.safetensors`` into a directory (or to a ``.safetensors`` path): OpenAI-named CLIP weights,
+        the RPN under RegionCLIP's ``offline_*`` names when attached, and both configs in the metadata."""
         path = Path(path)
         target = path if path.suffix == ".safetensors" else path / WEIGHTS_FILENAME
-        return save_safetensors(target, self.openai_state_dict(), self.config)
+        state, metadata = self.openai_state_dict(), {}
+        if self.rpn is not None:
+            state.update(rpn_state_dict_for_detectron2(self.rpn, regionclip=True))
+            metadata["rpn_config"] = json.dumps(self.rpn.config.to_dict())
+        return save_safetensors(target, state, self.config, metadata)
 
     # ---- images → region embeddings ----------------------------------------------------------------
     @property
@@ -267,6 +295,67 @@ class RegionCLIP(nn.Module):
                 )
         return predictions
 
+    # ---- zero-shot detection -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def detect(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        vocabulary: Vocabulary | str | Sequence[str],
+        boxes: object | None = None,
+        config: DetectionConfig | None = None,
+        class_embeddings: torch.Tensor | None = None,
+        templates: str | Sequence[str] = "ensemble",
+        batch_size: int = 4,
+        image_ids: Sequence[int] | None = None,
+        progress: bool = False,
+    ) -> list[RegionPredictions]:
+        """Zero-shot detection: RPN proposals (or the given ``boxes``, official GT mode: no score fusion) →
+        region embeddings → class probabilities → score fusion → per-class NMS → top detections per image.
+        One label per detection; a box can be detected under several classes."""
+        return _detect(self, images, vocabulary, boxes, config, class_embeddings, templates, batch_size, image_ids, progress)
+
+
+def _detect(
+    model: RegionCLIP,
+    images: ImageInput | Sequence[ImageInput],
+    vocabulary: Vocabulary | str | Sequence[str],
+    boxes: object | None,
+    config: DetectionConfig | None,
+    class_embeddings: torch.Tensor | None,
+    templates: str | Sequence[str],
+    batch_size: int,
+    image_ids: Sequence[int] | None,
+    progress: bool,
+) -> list[RegionPredictions]:
+    config = config or DetectionConfig()
+    vocabulary = Vocabulary.parse(vocabulary)
+    weights = model._class_embeddings(vocabulary, class_embeddings, templates)
+    image_list = [images] if not isinstance(images, (list, tuple)) else list(images)
+    box_list = _pair_images_boxes(images, boxes)[1] if boxes is not None else None
+    if image_ids is not None and len(image_ids) != len(image_list):
+        raise ValueError("image_ids must have one id per image")
+    predictions = []
+    for start in tqdm(range(0, len(image_list), batch_size), disable=not progress, desc="images", unit="batch"):
+        chunk = image_list[start : start + batch_size]
+        prepared = model.prepare(chunk)
+        chunk_boxes = box_list[start : start + batch_size] if box_list is not None else None
+        for offset, (image, prep, (det_boxes, scores, classes, extras)) in enumerate(
+            zip(chunk, prepared, _detect_batch(model, prepared, chunk_boxes, weights, config))
+        ):
+            predictions.append(
+                RegionPredictions(
+                    boxes=det_boxes.cpu().numpy(),
+                    scores=scores[:, None].cpu().numpy(),
+                    labels=classes[:, None].cpu().numpy(),
+                    vocabulary=vocabulary,
+                    image_size=prep.original_size,
+                    image_id=image_ids[start + offset] if image_ids is not None else None,
+                    source=str(image) if isinstance(image, (str, Path)) else None,
+                    extras={k: v.cpu().numpy() for k, v in extras.items()},
+                )
+            )
+    return predictions
+
 
 def _pair_images_boxes(images: object, boxes: object) -> tuple[list[ImageInput], list[torch.Tensor]]:
     single = not isinstance(images, (list, tuple))
@@ -294,3 +383,37 @@ def _openai_parts(name: str) -> CheckpointParts:
     parts = split_checkpoint(clip.state_dict())
     parts.config = infer_config(parts.visual, parts.text)
     return parts
+
+
+def _detect_batch(
+    model: RegionCLIP,
+    prepared: list[PreparedImage],
+    given_boxes: list[torch.Tensor] | None,
+    weights: torch.Tensor,
+    config: DetectionConfig,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
+    """(boxes in original pixels, scores, class indices, extras) per image of one batch."""
+    if given_boxes is None:
+        if model.rpn is None:
+            raise ValueError("detect() needs proposals: attach an RPN (model.rpn or from_pretrained(..., rpn=...)) or pass boxes")
+        model.rpn.eval()
+        proposals = model.rpn(
+            [p.pixels for p in prepared], nms_thresh=config.rpn_nms_threshold, post_nms_topk=config.num_proposals
+        )
+        input_boxes = [p.boxes.to(model.device) for p in proposals]
+        objectness: list[torch.Tensor | None] = [p.objectness_logits.to(model.device) for p in proposals]
+        fusion = config.score_fusion
+    else:
+        input_boxes = [p.to_input_boxes(b).to(model.device) for p, b in zip(prepared, given_boxes)]
+        objectness, fusion = [None] * len(prepared), "none"
+    features = model.encode_boxes(prepared, input_boxes)
+    out = []
+    for image, boxes, logits, feats in zip(prepared, input_boxes, objectness, features):
+        probabilities = model.classifier.probabilities(feats, weights)
+        scores = fuse_scores(probabilities, logits, fusion)
+        box_index, class_index, final_scores = select_detections(boxes, scores, config)
+        extras = {"class_probability": probabilities[box_index, class_index]}
+        if logits is not None:
+            extras["objectness_logit"] = logits[box_index]
+        out.append((image.to_original_boxes(boxes[box_index]), final_scores, class_index, extras))
+    return out

@@ -118,6 +118,125 @@ def classify(
             typer.echo(json.dumps(pred.to_json()))
 
 
+def _detection_config(vocab_is_lvis: bool, **options):
+    from .detection import DetectionConfig
+
+    chosen = {k: v for k, v in options.items() if v is not None}
+    return DetectionConfig.lvis(**chosen) if vocab_is_lvis else DetectionConfig(**chosen)
+
+
+@app.command()
+def detect(
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    vocab: str = typer.Option("lvis", "--vocab", help="Preset (lvis, coco, coco65, ...), a file, or 'a,b,c'."),
+    weights: str = typer.Option(..., "--weights", help="Weights file/dir (with an RPN inside, or give --rpn)."),
+    rpn: Optional[Path] = typer.Option(None, "--rpn", help="detectron2 RPN .pth (e.g. rpn_lvis_866.pth)."),
+    score_fusion: str = typer.Option("official", "--score-fusion", help="official (sqrt(p*logit)) | sigmoid | none"),
+    soft_nms: bool = typer.Option(False, "--soft-nms", help="Gaussian soft-NMS (sigma 0.5) instead of NMS."),
+    score_threshold: Optional[float] = typer.Option(None, "--score-threshold"),
+    max_detections: Optional[int] = typer.Option(None, "--max-detections", help="Default 100 (300 for LVIS)."),
+    num_proposals: int = typer.Option(1000, "--num-proposals"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write predictions json here."),
+    output_format: str = typer.Option("coco", "--format", help="coco | hf | regions"),
+    draw: Optional[Path] = typer.Option(None, "--draw", help="Directory for annotated images."),
+    draw_threshold: float = typer.Option(0.3, "--draw-threshold", help="Only draw detections scoring above this."),
+    templates: str = typer.Option("ensemble", "--templates"),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Zero-shot detection: RPN proposals classified over any vocabulary."""
+    from .text.vocabulary import Vocabulary
+    from .utils import atomic_write_text
+    from .viz import draw_predictions
+
+    vocabulary = Vocabulary.parse(vocab)
+    config = _detection_config(
+        vocabulary.frequency is not None, score_fusion=score_fusion, soft_nms=soft_nms,
+        score_threshold=score_threshold, max_detections=max_detections, num_proposals=num_proposals,
+    )
+    model = _load_model(weights, device)
+    if rpn is not None:
+        model.attach_rpn(rpn)
+    predictions = model.detect(
+        [str(p) for p in images], vocabulary, config=config, templates=templates,
+        image_ids=list(range(1, len(images) + 1)), progress=len(images) > 1,
+    )
+    if out is not None:
+        if output_format == "coco":
+            payload = [entry for pred in predictions for entry in pred.to_coco()]
+        elif output_format == "hf":
+            payload = [pred.to_hf() for pred in predictions]
+        else:
+            payload = [pred.to_json() for pred in predictions]
+        atomic_write_text(out, json.dumps(payload, indent=1))
+        typer.echo(f"wrote {out}")
+    if draw is not None:
+        draw.mkdir(parents=True, exist_ok=True)
+        for image, pred in zip(images, predictions):
+            shown = pred.subset(pred.scores[:, 0] > draw_threshold)
+            draw_predictions(str(image), shown).save(draw / f"{image.stem}.png")
+        typer.echo(f"drew {len(images)} images into {draw}")
+    for image, pred in zip(images, predictions):
+        typer.echo(f"{image}: {len(pred)} detections; best: " + ", ".join(
+            f"{names[0]} {scores[0]:.2f}" for names, scores in zip(pred.class_names[:5], pred.scores[:5].tolist())
+        ))
+
+
+@app.command("extract-features")
+def extract_features(
+    image_dir: Path = typer.Argument(..., help="Folder of images."),
+    out: Path = typer.Option(..., "--out", help="Output folder (one .safetensors per image)."),
+    weights: str = typer.Option(..., "--weights"),
+    rpn: Optional[Path] = typer.Option(None, "--rpn", help="detectron2 RPN .pth when the weights carry none."),
+    vocab: Optional[str] = typer.Option(None, "--vocab", help="Also store class probabilities over this vocabulary."),
+    num_proposals: int = typer.Option(100, "--num-proposals"),
+    batch_size: int = typer.Option(4, "--batch-size"),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Region boxes and un-normalised features (and optional probabilities) for every image; resumable."""
+    from .features import extract_region_features
+
+    model = _load_model(weights, device)
+    if rpn is not None:
+        model.attach_rpn(rpn)
+    summary = extract_region_features(model, image_dir, out, vocab, num_proposals=num_proposals, batch_size=batch_size)
+    typer.echo(f"wrote {summary.written} files into {out} ({summary.skipped} already present)")
+
+
+@app.command("evaluate-zeroshot")
+def evaluate_zeroshot_command(
+    annotations: Path = typer.Option(..., "--annotations", help="COCO or LVIS instances json."),
+    images: Path = typer.Option(..., "--images", help="Image folder."),
+    boxes: str = typer.Option("gt", "--boxes", help="gt | rpn"),
+    weights: str = typer.Option(..., "--weights"),
+    rpn: Optional[Path] = typer.Option(None, "--rpn"),
+    vocab: Optional[str] = typer.Option(None, "--vocab", help="Default: the annotation file's categories."),
+    score_fusion: str = typer.Option("official", "--score-fusion"),
+    soft_nms: bool = typer.Option(False, "--soft-nms"),
+    class_embeddings: Optional[Path] = typer.Option(None, "--class-embeddings", help="Official [K, D] .pth embeddings."),
+    max_images: Optional[int] = typer.Option(None, "--max-images"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the COCO results json here."),
+    metrics_out: Optional[Path] = typer.Option(None, "--metrics-out", help="Write the metrics json here."),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """COCO AP/AP50 (+ OV-COCO novel/base/all AP50) or LVIS AP/APr/APc/APf of zero-shot inference."""
+    from .checkpoints import load_embedding_file
+    from .evaluation import evaluate_zeroshot, format_metrics
+    from .utils import atomic_write_text
+
+    model = _load_model(weights, device)
+    if rpn is not None:
+        model.attach_rpn(rpn)
+    metrics, results = evaluate_zeroshot(
+        model, annotations, images, boxes=boxes, vocabulary=vocab, score_fusion=score_fusion, soft_nms=soft_nms,
+        class_embeddings=load_embedding_file(class_embeddings) if class_embeddings else None, max_images=max_images,
+    )
+    typer.echo(format_metrics(metrics))
+    if out is not None:
+        atomic_write_text(out, json.dumps(results))
+    if metrics_out is not None:
+        atomic_write_text(metrics_out, json.dumps(metrics, indent=1))
+
+
 @app.command("embed-vocab")
 def embed_vocab(
     vocab: str = typer.Option(..., "--vocab", help="Preset, file or 'a,b,c'."),

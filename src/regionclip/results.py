@@ -41,6 +41,19 @@ class RegionPredictions:
     def __len__(self) -> int:
         return len(self.boxes)
 
+    def subset(self, keep: np.ndarray) -> RegionPredictions:
+        """The predictions selected by a boolean mask or index array over boxes."""
+        return RegionPredictions(
+            boxes=self.boxes[keep],
+            scores=self.scores[keep],
+            labels=self.labels[keep],
+            vocabulary=self.vocabulary,
+            image_size=self.image_size,
+            image_id=self.image_id,
+            source=self.source,
+            extras={k: v[keep] for k, v in self.extras.items()},
+        )
+
     @property
     def class_names(self) -> list[list[str]]:
         return [[self.vocabulary.names[j] for j in row] for row in self.labels.tolist()]

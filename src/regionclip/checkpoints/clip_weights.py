@@ -26,6 +26,7 @@ TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln
 # Keys of OpenAI/open_clip files that carry no weights we use (the zero-shot classifier has its own temperature;
 # TorchScript archives also hold the causal mask, which is rebuilt from the context length).
 IGNORED_CLIP_KEYS = ("logit_scale", "logit_bias", "input_resolution", "context_length", "vocab_size", "attn_mask")
+RPN_PREFIXES = ("offline_backbone.", "offline_proposal_generator.")
 METADATA_FORMAT = "regionclip"
 
 
@@ -40,6 +41,7 @@ class CheckpointParts:
     rpn: dict[str, torch.Tensor] = field(default_factory=dict)
     other: list[str] = field(default_factory=list)  # keys of parts this model does not use (teacher, ...)
     config: ModelConfig | None = None  # from safetensors metadata, when present
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 def _is_torchscript_archive(path: Path) -> bool:
@@ -84,11 +86,12 @@ def split_checkpoint(state_dict: dict[str, torch.Tensor], branch: str = "student
             raise ValueError("a plain CLIP checkpoint has no separate teacher; use branch='student'")
         visual = {k[len("visual.") :]: v for k, v in state_dict.items() if k.startswith("visual.")}
         text = {k: v for k, v in state_dict.items() if k.startswith(TEXT_PREFIXES)}
-        other = [k for k in state_dict if not k.startswith(("visual.", *TEXT_PREFIXES))]
+        rpn = {k: v for k, v in state_dict.items() if k.startswith(RPN_PREFIXES)}  # bundled in our safetensors
+        other = [k for k in state_dict if not k.startswith(("visual.", *TEXT_PREFIXES, *RPN_PREFIXES))]
         unknown = [k for k in other if k not in IGNORED_CLIP_KEYS]
         if unknown:
             raise ValueError(f"unexpected keys in a CLIP checkpoint: {unknown[:5]}")
-        return CheckpointParts("openai", visual, text or None, other=other)
+        return CheckpointParts("openai", visual, text or None, rpn=rpn, other=other)
     raise ValueError("unrecognised checkpoint: expected OpenAI CLIP keys (visual.*) or RegionCLIP keys (backbone.*)")
 
 
@@ -103,7 +106,7 @@ def _split_regionclip(state_dict: dict[str, torch.Tensor], branch: str) -> Check
             text[key[len(text_prefix) :]] = value
         elif key.startswith("roi_heads.box_predictor."):
             classifier[key[len("roi_heads.box_predictor.") :]] = value
-        elif key.startswith(("offline_backbone.", "offline_proposal_generator.")):
+        elif key.startswith(RPN_PREFIXES):
             rpn[key] = value
         else:
             other.append(key)
@@ -152,6 +155,7 @@ def load_checkpoint(path: str | Path, branch: str = "student") -> CheckpointPart
     """Read any supported weight file and split it into parts, with the model config (stored or inferred)."""
     state_dict, metadata = read_state_dict(path)
     parts = split_checkpoint(state_dict, branch)
+    parts.metadata = metadata
     if metadata.get("format") == METADATA_FORMAT:
         parts.kind = "safetensors"
         parts.config = ModelConfig.from_json(metadata["config"])

@@ -1,0 +1,191 @@
+"""Zero-shot detection: score fusion, NMS / soft-NMS, detect() with an RPN, feature extraction, zero-shot evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import make_model
+from regionclip import ModelConfig, RegionCLIP
+from regionclip.checkpoints.detectron2_rpn import save_detectron2_rpn
+from regionclip.cli import app
+from regionclip.detection import DetectionConfig, fuse_scores, select_detections, soft_nms_gaussian
+from regionclip.evaluation import evaluate_zeroshot
+from regionclip.modeling.rpn import ProposalNetwork, RPNConfig
+
+
+def test_official_fusion_uses_raw_logits_and_drops_negative_ones():
+    p = torch.tensor([[0.25, 0.5], [0.9, 0.05]])
+    logits = torch.tensor([4.0, -1.0])
+    official = fuse_scores(p, logits, "official")
+    torch.testing.assert_close(official[0], torch.tensor([1.0, math.sqrt(2.0)]))  # not a probability: > 1
+    assert torch.isnan(official[1]).all()
+    sigmoid = fuse_scores(p, logits, "sigmoid")
+    torch.testing.assert_close(sigmoid[1], torch.sqrt(p[1] / (1 + math.e)))
+    assert torch.equal(fuse_scores(p, logits, "none"), p)
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 30, 30]])
+    box_index, _, _ = select_detections(boxes, official, DetectionConfig())
+    assert set(box_index.tolist()) == {0}  # the NaN row is gone
+    box_index, _, _ = select_detections(boxes, sigmoid, DetectionConfig())
+    assert set(box_index.tolist()) == {0, 1}
+
+
+def test_per_class_nms_threshold_and_cap():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0.0, 0, 10, 9], [50.0, 50, 60, 60]])  # IoU(0, 1) = 0.9
+    scores = torch.tensor([[0.9, 0.0005], [0.8, 0.7], [0.3, 0.2]])
+    box_index, class_index, final = select_detections(boxes, scores, DetectionConfig(nms_threshold=0.5))
+    got = sorted(zip(box_index.tolist(), class_index.tolist(), final.tolist()), key=lambda t: -t[2])
+    # class 0: box 1 suppressed by box 0; class 1: box 0 is under the 0.001 threshold, so box 1 survives there
+    assert [(b, c) for b, c, _ in got] == [(0, 0), (1, 1), (2, 0), (2, 1)]
+    assert final.tolist() == sorted(final.tolist(), reverse=True)
+    capped = select_detections(boxes, scores, DetectionConfig(max_detections=2))
+    assert len(capped[0]) == 2 and capped[2].tolist() == pytest.approx([0.9, 0.7])
+
+
+def test_gaussian_soft_nms_matches_hand_computation():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0.0, 0, 10, 5], [100.0, 100, 110, 110]])  # IoU(0, 1) = 0.5
+    scores = torch.tensor([0.9, 0.8, 0.1])
+    keep, decayed = soft_nms_gaussian(boxes, scores, sigma=0.5, prune=0.001)
+    assert keep.tolist() == [0, 1, 2]
+    torch.testing.assert_close(decayed, torch.tensor([0.9, 0.8 * math.exp(-0.25 / 0.5), 0.1]))
+    keep, _ = soft_nms_gaussian(boxes, scores, sigma=0.5, prune=0.5)
+    assert keep.tolist() == [0]  # both others fall under the prune threshold
+
+
+def _model_with_rpn(seed: int = 0) -> RegionCLIP:
+    model = make_model(ModelConfig.tiny(), seed=seed)
+    torch.manual_seed(seed)
+    model.rpn = ProposalNetwork(RPNConfig.tiny("fpn")).freeze()
+    # Centre the proposals' random objectness logits on 0 so both signs occur (the official fusion drops negatives).
+    probe = torch.randint(0, 256, (3, 128, 160), generator=torch.Generator().manual_seed(seed)).float()
+    median = model.rpn([probe], nms_thresh=0.9)[0].objectness_logits.median()
+    model.rpn.proposal_generator.rpn_head.objectness_logits.bias.data -= median
+    return model
+
+
+def test_detect_with_rpn_official_and_sigmoid_fusion(sample_images):
+    model = _model_with_rpn()
+    images = [str(p) for p in sample_images]
+    # Class embeddings taken from region features, so random weights still give probabilities above threshold.
+    classes = model.embed_regions(images[0], [[0, 0, 60, 50], [10, 20, 120, 90], [0, 0, 128, 96]])[0]
+    official = model.detect(images, "cat,dog,kite", class_embeddings=classes)
+    sigmoid = model.detect(images, "cat,dog,kite", class_embeddings=classes, config=DetectionConfig(score_fusion="sigmoid", max_detections=3000))
+    for pred in official:
+        assert 0 < len(pred) <= 100 and pred.labels.shape == (len(pred), 1)
+        logits = pred.extras["objectness_logit"]
+        assert (logits >= 0).all()  # negative raw logits are dropped by the official fusion
+        np.testing.assert_allclose(pred.scores[:, 0], np.sqrt(pred.extras["class_probability"] * logits), rtol=1e-5)
+        h, w = pred.image_size
+        assert (pred.boxes[:, [0, 2]] <= w + 1e-3).all() and (pred.boxes[:, [1, 3]] <= h + 1e-3).all()
+    assert any((pred.extras["objectness_logit"] < 0).any() for pred in sigmoid)  # kept by the sigmoid fusion
+    for pred in sigmoid:
+        logits = pred.extras["objectness_logit"]
+        expected = np.sqrt(pred.extras["class_probability"] / (1 + np.exp(-logits)))
+        np.testing.assert_allclose(pred.scores[:, 0], expected, rtol=1e-5)
+        assert (pred.scores <= 1).all()
+
+
+def test_detect_in_given_boxes_is_gt_mode(sample_images):
+    model = _model_with_rpn()
+    boxes = [[0, 0, 60, 50], [64, 48, 128, 96]]
+    pred = model.detect(str(sample_images[0]), "cat,dog,kite", boxes=boxes, templates="single")[0]
+    np.testing.assert_allclose(pred.scores[:, 0], pred.extras["class_probability"])
+    assert {tuple(b) for b in pred.boxes.round(3).tolist()} <= {tuple(map(float, b)) for b in boxes}
+    assert "objectness_logit" not in pred.extras
+
+
+def test_detect_needs_an_rpn(tiny_model, sample_images):
+    with pytest.raises(ValueError, match="RPN"):
+        tiny_model.detect(str(sample_images[0]), "cat,dog")
+
+
+def test_detectron2_rpn_file_attaches_with_zero_unused_keys(tmp_path, sample_images):
+    model = _model_with_rpn(seed=1)
+    rpn_file = tmp_path / "rpn_tiny.pth"
+    save_detectron2_rpn(model.rpn, rpn_file)
+    weights = make_model(ModelConfig.tiny(), seed=1).save_pretrained(tmp_path / "clip_only")
+    loaded = RegionCLIP.from_pretrained(weights.parent, rpn=rpn_file)
+    report = loaded.rpn_load_report
+    assert not report.missing_keys and not report.unused_keys and not report.shape_mismatches
+    a = loaded.detect(str(sample_images[0]), "cat,dog", templates="single")[0]
+    b = model.detect(str(sample_images[0]), "cat,dog", templates="single")[0]
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-4)
+    # one bundled artifact: CLIP + RPN in a single safetensors file
+    bundled = RegionCLIP.from_pretrained(model.save_pretrained(tmp_path / "bundle"))
+    np.testing.assert_allclose(bundled.detect(str(sample_images[0]), "cat,dog", templates="single")[0].boxes, b.boxes, atol=1e-4)
+
+
+def test_extract_features_is_resumable(tmp_path, sample_images):
+    model = _model_with_rpn()
+    weights = model.save_pretrained(tmp_path / "w")
+    image_dir = sample_images[0].parent
+    out = tmp_path / "features"
+    runner = CliRunner()
+    args = ["extract-features", str(image_dir), "--out", str(out), "--weights", str(weights), "--vocab", "cat,dog",
+            "--num-proposals", "20"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    files = sorted(out.glob("*.safetensors"))
+    assert [f.stem for f in files] == [p.stem for p in sample_images]
+    from safetensors import safe_open
+
+    with safe_open(str(files[2]), "pt") as handle:
+        boxes, feats, probs = (handle.get_tensor(k) for k in ("boxes", "features", "probabilities"))
+        height, width = int(handle.metadata()["height"]), int(handle.metadata()["width"])
+    assert 0 < len(boxes) <= 20 and feats.shape == (len(boxes), 32) and probs.shape == (len(boxes), 3)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(len(boxes)))
+    assert (height, width) == (120, 80) and boxes[:, 2].max() <= width + 1e-3
+    assert feats.norm(dim=1).min() > 0 and not torch.allclose(feats.norm(dim=1), torch.ones(len(boxes)))  # un-normalised
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    files[1].unlink()
+    result = runner.invoke(app, args)
+    assert "wrote 1 files" in result.output and [f.stat().st_mtime_ns for f in (files[0], files[2])] == [mtimes[0], mtimes[2]]
+
+
+def _coco_fixture(tmp_path):
+    """Three images, one category, non-overlapping GT boxes."""
+    rng = np.random.default_rng(3)
+    images, annotations = [], []
+    for image_id in (1, 2, 3):
+        array = rng.integers(0, 256, (100, 140, 3), dtype=np.uint8)
+        Image.fromarray(array).save(tmp_path / f"{image_id}.png")
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "height": 100, "width": 140})
+        for k, box in enumerate(([5, 5, 40, 30], [70, 50, 60, 45])):
+            annotations.append({"id": image_id * 10 + k, "image_id": image_id, "category_id": 7, "bbox": box,
+                                "area": box[2] * box[3], "iscrowd": 0})
+    images.append({"id": 4, "file_name": "unannotated.png", "height": 10, "width": 10})  # skipped like the official loader
+    return {"images": images, "annotations": annotations, "categories": [{"id": 7, "name": "thing", "split": "novel"}]}
+
+
+def test_zero_shot_gt_evaluation_end_to_end(tmp_path, tiny_model):
+    gt = _coco_fixture(tmp_path)
+    boxes = {im["id"]: [] for im in gt["images"]}
+    for ann in gt["annotations"]:
+        x, y, w, h = ann["bbox"]
+        boxes[ann["image_id"]].append([x, y, x + w, y + h])
+    feats = tiny_model.embed_regions([str(tmp_path / f"{i}.png") for i in (1, 2, 3)], [boxes[i] for i in (1, 2, 3)])
+    # An embedding aligned with every GT region makes each box a confident 'thing': AP must then be exactly 100,
+    # which checks the box mapping to original pixels, the category ids and the evaluator wiring.
+    class_embedding = torch.cat(feats).sum(dim=0, keepdim=True)
+    assert (torch.cat(feats) @ class_embedding.T).min() > 0.05
+    metrics, results = evaluate_zeroshot(tiny_model, gt, tmp_path, boxes="gt", class_embeddings=class_embedding, progress=False)
+    assert len(results) == 6 and {r["category_id"] for r in results} == {7}
+    assert metrics["AP50"] == pytest.approx(100.0) and metrics["AP"] == pytest.approx(100.0)
+    assert metrics["AP50_novel"] == pytest.approx(100.0)
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    torch.save(class_embedding, tmp_path / "emb.pth")
+    weights = tiny_model.save_pretrained(tmp_path / "w")
+    result = CliRunner().invoke(
+        app,
+        ["evaluate-zeroshot", "--annotations", str(path), "--images", str(tmp_path), "--boxes", "gt", "--weights",
+         str(weights), "--class-embeddings", str(tmp_path / "emb.pth"), "--metrics-out", str(tmp_path / "m.json")],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "m.json").read_text())["AP50"] == pytest.approx(100.0)
