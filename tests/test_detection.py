@@ -189,3 +189,24 @@ def test_zero_shot_gt_evaluation_end_to_end(tmp_path, tiny_model):
     )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "m.json").read_text())["AP50"] == pytest.approx(100.0)
+
+
+def test_cli_detect_draws_labelled_boxes_on_a_real_photo(tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(skimage_data.astronaut()).save(photo)
+    model = _model_with_rpn()
+    weights = model.save_pretrained(tmp_path / "bundle")
+    out = tmp_path / "detections.json"
+    result = CliRunner().invoke(
+        app,
+        ["detect", str(photo), "--vocab", "person,helmet,flag,rocket", "--weights", str(weights.parent), "--out",
+         str(out), "--draw", str(tmp_path / "drawn"), "--draw-threshold", "0", "--score-fusion", "sigmoid",
+         "--templates", "single", "--max-detections", "10", "--score-threshold", "0"],
+    )
+    assert result.exit_code == 0, result.output
+    entries = json.loads(out.read_text())
+    assert 0 < len(entries) <= 10 and all(1 <= e["category_id"] <= 4 for e in entries)
+    drawn = np.asarray(Image.open(tmp_path / "drawn" / "astronaut.png").convert("RGB")).astype(int)
+    original = np.asarray(Image.open(photo).convert("RGB").resize((drawn.shape[1], drawn.shape[0]))).astype(int)
+    assert (np.abs(drawn - original).sum(axis=2) > 60).mean() > 0.005  # boxes and label boxes were drawn

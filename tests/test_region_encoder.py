@@ -122,3 +122,12 @@ def test_classifier_matches_hand_computed_softmax():
 def test_empty_box_list_gives_empty_embeddings(tiny_model, sample_images):
     out = tiny_model.embed_regions(str(sample_images[0]), np.zeros((0, 4)))
     assert out[0].shape == (0, tiny_model.config.embed_dim)
+
+
+def test_first_token_attention_pool_equals_open_clip_attnpool(tiny_model):
+    from regionclip.modeling.clip_parts import attention_pool_first_token
+
+    attnpool = tiny_model.head.attnpool
+    x = torch.randn(5, attnpool.k_proj.in_features, 2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(attention_pool_first_token(attnpool, x), attnpool(x), atol=1e-5, rtol=1e-5)

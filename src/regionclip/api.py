@@ -62,6 +62,8 @@ class RegionCLIP(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(config.input.pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(config.input.pixel_std).view(3, 1, 1), persistent=False)
         self.region_batch_size = 256  # regions per res5 + attention-pool call; bounds peak memory
+        # channels_last makes the per-region res5 convolutions ~25 % faster on CPU (benchmarks/zeroshot_inference.py)
+        self.head.to(memory_format=torch.channels_last)
         self._embedder: TextEmbedder | None = None
         self.eval()
 
@@ -190,6 +192,7 @@ class RegionCLIP(nn.Module):
             batch = torch.stack([self.normalize(prepared[i].pixels) for i in indices])
             features = self.trunk(batch)
             pooled = self.pooler(features, [input_boxes[i].to(self.device) for i in indices])
+            pooled = pooled.contiguous(memory_format=torch.channels_last)
             embeddings = torch.cat(
                 [self.head(chunk) for chunk in pooled.split(self.region_batch_size)]
             ) if len(pooled) else pooled.new_zeros(0, self.config.embed_dim)
