@@ -200,6 +200,21 @@ class RegionCLIP(nn.Module):
                 outputs[i] = chunk.float()
         return outputs  # type: ignore[return-value]
 
+    def _batches(
+        self, images: object, boxes: object | None, batch_size: int, image_ids: Sequence[int] | None, progress: bool
+    ):
+        """Yield ``(items, prepared, boxes)`` per batch: ``items`` are (image, image id) pairs, ``boxes`` the given
+        boxes of each image in original pixels (``None`` when no boxes were given)."""
+        image_list = [images] if not isinstance(images, (list, tuple)) else list(images)
+        box_list = _pair_images_boxes(images, boxes)[1] if boxes is not None else None
+        if image_ids is not None and len(image_ids) != len(image_list):
+            raise ValueError("image_ids must have one id per image")
+        ids = list(image_ids) if image_ids is not None else [None] * len(image_list)
+        for start in tqdm(range(0, len(image_list), batch_size), disable=not progress, desc="images", unit="batch"):
+            stop = start + batch_size
+            items = list(zip(image_list[start:stop], ids[start:stop]))
+            yield items, self.prepare(image_list[start:stop]), box_list[start:stop] if box_list is not None else None
+
     @torch.inference_mode()
     def embed_regions(
         self,
@@ -211,11 +226,8 @@ class RegionCLIP(nn.Module):
     ) -> list[torch.Tensor]:
         """Region embeddings ``[R_i, D]`` per image (L2-normalised unless ``normalize=False``). Boxes are xyxy in
         original-image pixels; for a single image ``boxes`` may be one ``[R, 4]`` array."""
-        image_list, box_list = _pair_images_boxes(images, boxes)
         result = []
-        for start in tqdm(range(0, len(image_list), batch_size), disable=not progress, desc="images", unit="batch"):
-            prepared = self.prepare(image_list[start : start + batch_size])
-            batch_boxes = box_list[start : start + batch_size]
+        for _, prepared, batch_boxes in self._batches(images, boxes, batch_size, None, progress):
             embeddings = self.encode_boxes(prepared, [p.to_input_boxes(b) for p, b in zip(prepared, batch_boxes)])
             result.extend(F.normalize(e, dim=-1) if normalize else e for e in embeddings)
         return [r.cpu() for r in result]
@@ -273,29 +285,12 @@ class RegionCLIP(nn.Module):
             raise ValueError(f"top_k must be ≥ 1, got {top_k}")
         top_k = min(top_k, len(vocabulary))
         weights = self._class_embeddings(vocabulary, class_embeddings, templates)
-        image_list, box_list = _pair_images_boxes(images, boxes)
-        if image_ids is not None and len(image_ids) != len(image_list):
-            raise ValueError("image_ids must have one id per image")
         predictions = []
-        for start in tqdm(range(0, len(image_list), batch_size), disable=not progress, desc="images", unit="batch"):
-            chunk = image_list[start : start + batch_size]
-            prepared = self.prepare(chunk)
-            chunk_boxes = box_list[start : start + batch_size]
-            features = self.encode_boxes(prepared, [p.to_input_boxes(b) for p, b in zip(prepared, chunk_boxes)])
-            for offset, (image, prep, region_boxes, feats) in enumerate(zip(chunk, prepared, chunk_boxes, features)):
-                probs = self.classifier.probabilities(feats, weights)
-                scores, labels = probs.topk(top_k, dim=1)
-                predictions.append(
-                    RegionPredictions(
-                        boxes=region_boxes.cpu().numpy(),
-                        scores=scores.cpu().numpy(),
-                        labels=labels.cpu().numpy(),
-                        vocabulary=vocabulary,
-                        image_size=prep.original_size,
-                        image_id=image_ids[start + offset] if image_ids is not None else None,
-                        source=str(image) if isinstance(image, (str, Path)) else None,
-                    )
-                )
+        for items, prepared, batch_boxes in self._batches(images, boxes, batch_size, image_ids, progress):
+            features = self.encode_boxes(prepared, [p.to_input_boxes(b) for p, b in zip(prepared, batch_boxes)])
+            for item, prep, region_boxes, feats in zip(items, prepared, batch_boxes, features):
+                scores, labels = self.classifier.probabilities(feats, weights).topk(top_k, dim=1)
+                predictions.append(_predictions(item, prep, vocabulary, region_boxes, scores, labels))
         return predictions
 
     # ---- zero-shot detection -----------------------------------------------------------------------
@@ -315,49 +310,38 @@ class RegionCLIP(nn.Module):
         """Zero-shot detection: RPN proposals (or the given ``boxes``, official GT mode: no score fusion) →
         region embeddings → class probabilities → score fusion → per-class NMS → top detections per image.
         One label per detection; a box can be detected under several classes."""
-        return _detect(self, images, vocabulary, boxes, config, class_embeddings, templates, batch_size, image_ids, progress)
+        config = config or DetectionConfig()
+        vocabulary = Vocabulary.parse(vocabulary)
+        weights = self._class_embeddings(vocabulary, class_embeddings, templates)
+        predictions = []
+        for items, prepared, batch_boxes in self._batches(images, boxes, batch_size, image_ids, progress):
+            for item, prep, (det_boxes, scores, classes, extras) in zip(
+                items, prepared, _detect_batch(self, prepared, batch_boxes, weights, config)
+            ):
+                predictions.append(_predictions(item, prep, vocabulary, det_boxes, scores[:, None], classes[:, None], extras))
+        return predictions
 
 
-def _detect(
-    model: RegionCLIP,
-    images: ImageInput | Sequence[ImageInput],
-    vocabulary: Vocabulary | str | Sequence[str],
-    boxes: object | None,
-    config: DetectionConfig | None,
-    class_embeddings: torch.Tensor | None,
-    templates: str | Sequence[str],
-    batch_size: int,
-    image_ids: Sequence[int] | None,
-    progress: bool,
-) -> list[RegionPredictions]:
-    config = config or DetectionConfig()
-    vocabulary = Vocabulary.parse(vocabulary)
-    weights = model._class_embeddings(vocabulary, class_embeddings, templates)
-    image_list = [images] if not isinstance(images, (list, tuple)) else list(images)
-    box_list = _pair_images_boxes(images, boxes)[1] if boxes is not None else None
-    if image_ids is not None and len(image_ids) != len(image_list):
-        raise ValueError("image_ids must have one id per image")
-    predictions = []
-    for start in tqdm(range(0, len(image_list), batch_size), disable=not progress, desc="images", unit="batch"):
-        chunk = image_list[start : start + batch_size]
-        prepared = model.prepare(chunk)
-        chunk_boxes = box_list[start : start + batch_size] if box_list is not None else None
-        for offset, (image, prep, (det_boxes, scores, classes, extras)) in enumerate(
-            zip(chunk, prepared, _detect_batch(model, prepared, chunk_boxes, weights, config))
-        ):
-            predictions.append(
-                RegionPredictions(
-                    boxes=det_boxes.cpu().numpy(),
-                    scores=scores[:, None].cpu().numpy(),
-                    labels=classes[:, None].cpu().numpy(),
-                    vocabulary=vocabulary,
-                    image_size=prep.original_size,
-                    image_id=image_ids[start + offset] if image_ids is not None else None,
-                    source=str(image) if isinstance(image, (str, Path)) else None,
-                    extras={k: v.cpu().numpy() for k, v in extras.items()},
-                )
-            )
-    return predictions
+def _predictions(
+    item: tuple[ImageInput, int | None],
+    prepared: PreparedImage,
+    vocabulary: Vocabulary,
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    extras: dict[str, torch.Tensor] | None = None,
+) -> RegionPredictions:
+    image, image_id = item
+    return RegionPredictions(
+        boxes=boxes.cpu().numpy(),
+        scores=scores.cpu().numpy(),
+        labels=labels.cpu().numpy(),
+        vocabulary=vocabulary,
+        image_size=prepared.original_size,
+        image_id=image_id,
+        source=str(image) if isinstance(image, (str, Path)) else None,
+        extras={k: v.cpu().numpy() for k, v in (extras or {}).items()},
+    )
 
 
 def _pair_images_boxes(images: object, boxes: object) -> tuple[list[ImageInput], list[torch.Tensor]]:

@@ -19,6 +19,28 @@ def _load_model(spec: str, device: Optional[str]):
     return RegionCLIP.from_pretrained(path, branch=branch or "student", device=device)
 
 
+OUTPUT_FORMATS = ("coco", "hf", "regions")
+
+
+def check_output_format(output_format: str) -> None:
+    if output_format not in OUTPUT_FORMATS:
+        raise typer.BadParameter(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, not {output_format!r}")
+
+
+def write_predictions(path: Path, predictions: list, output_format: str) -> None:
+    """Predictions as a COCO results list, HF pipeline dicts (a list per image) or our per-image records."""
+    from .utils import atomic_write_text
+
+    if output_format == "coco":
+        payload = [entry for pred in predictions for entry in pred.to_coco()]
+    elif output_format == "hf":
+        payload = [pred.to_hf() for pred in predictions]
+    else:
+        payload = [pred.to_json() for pred in predictions]
+    atomic_write_text(path, json.dumps(payload, indent=1))
+    typer.echo(f"wrote {path}")
+
+
 def read_boxes_file(path: Path, images: list[Path]) -> tuple[list[list[list[float]]], Optional[list[int]]]:
     """Boxes (xyxy, original pixels) per image, and image ids when the file is a COCO instances json.
 
@@ -75,11 +97,9 @@ def classify(
 ) -> None:
     """Top-k labels of the given boxes over any vocabulary (zero-shot)."""
     from .text.vocabulary import Vocabulary
-    from .utils import atomic_write_text
     from .viz import draw_predictions, side_by_side
 
-    if output_format not in ("regions", "coco", "hf"):
-        raise typer.BadParameter("--format must be regions, coco or hf")
+    check_output_format(output_format)
     box_lists, image_ids = read_boxes_file(boxes, images)
     vocabulary = Vocabulary.parse(vocab)
     runs = []
@@ -93,14 +113,7 @@ def classify(
         )
     first = runs[0]
     if out is not None:
-        if output_format == "coco":
-            payload = [entry for pred in first for entry in pred.to_coco()]
-        elif output_format == "hf":
-            payload = [pred.to_hf() for pred in first]
-        else:
-            payload = [pred.to_json() for pred in first]
-        atomic_write_text(out, json.dumps(payload, indent=1))
-        typer.echo(f"wrote {out}")
+        write_predictions(out, first, output_format)
     if draw is not None:
         several = len(images) > 1
         if several:
@@ -145,9 +158,9 @@ def detect(
 ) -> None:
     """Zero-shot detection: RPN proposals classified over any vocabulary."""
     from .text.vocabulary import Vocabulary
-    from .utils import atomic_write_text
     from .viz import draw_predictions
 
+    check_output_format(output_format)
     vocabulary = Vocabulary.parse(vocab)
     config = _detection_config(
         vocabulary.frequency is not None, score_fusion=score_fusion, soft_nms=soft_nms,
@@ -161,14 +174,7 @@ def detect(
         image_ids=list(range(1, len(images) + 1)), progress=len(images) > 1,
     )
     if out is not None:
-        if output_format == "coco":
-            payload = [entry for pred in predictions for entry in pred.to_coco()]
-        elif output_format == "hf":
-            payload = [pred.to_hf() for pred in predictions]
-        else:
-            payload = [pred.to_json() for pred in predictions]
-        atomic_write_text(out, json.dumps(payload, indent=1))
-        typer.echo(f"wrote {out}")
+        write_predictions(out, predictions, output_format)
     if draw is not None:
         draw.mkdir(parents=True, exist_ok=True)
         for image, pred in zip(images, predictions):
