@@ -57,6 +57,7 @@ def test_openai_state_dict_file_loads_and_reproduces(tiny_model, tmp_path):
     torch.testing.assert_close(loaded.embed_vocabulary("cat,dog", "single"), tiny_model.embed_vocabulary("cat,dog", "single"))
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")
 def test_openai_torchscript_archive_loads(tiny_model, tmp_path):
     # OpenAI's released RN50.pt is a TorchScript archive; produce one of the same kind from our weights.
     clip = build_open_clip(tiny_model.config)

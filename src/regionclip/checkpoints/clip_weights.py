@@ -11,6 +11,7 @@ Formats read (official-facts §6):
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
     if _is_torchscript_archive(path):
         # OpenAI's released RN50.pt / RN50x4.pt are TorchScript archives; their state dict is all we take.
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # jit.load is deprecated, but it is the only reader of these archives
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
         return {k: v.detach().clone() for k, v in module.state_dict().items()}, {}
     obj = torch.load(path, map_location="cpu", weights_only=True)
     for wrapper in ("model", "state_dict"):
