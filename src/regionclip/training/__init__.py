@@ -1,0 +1,1 @@
+"""Training on the embedded synthetic world: the CLIP teacher, the RPN, checkpoints and metrics."""

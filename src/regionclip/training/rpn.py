@@ -1,0 +1,318 @@
+"""Training the embedded world's class-agnostic RPN (a small ResNet-FPN with detectron2 RPN semantics).
+
+The network is `ProposalNetwork` with a custom spec: one bottleneck block per stage, trainable BatchNorm (it is
+trained from scratch, so there are no ImageNet statistics to freeze) and one anchor size per FPN level, spaced
+geometrically over the world's object sizes. Targets are the det_train split's boxes, all of base categories;
+novel objects appear in those images unlabelled, i.e. as background - the OV-COCO / LVIS-base setting of the paper.
+Losses are `ProposalNetwork.losses` (detectron2 anchor matching/sampling, BCE + L1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..checkpoints.detectron2_rpn import load_detectron2_rpn, save_detectron2_rpn
+from ..modeling.rpn import ProposalNetwork, RPNConfig
+from ..synthetic import World, WorldConfig
+from ..utils import atomic_write, atomic_write_text
+from . import checkpointing
+from .data import SplitData, load_split
+from .metrics import proposal_hits
+from .teacher import batch_indices, learning_rate, step_generator
+
+TRAINER_VERSION = "1"
+RESULT_FILE = "training.json"
+WEIGHTS_FILE = "rpn.pth"  # detectron2 layout {"model": state_dict}
+
+
+def world_anchor_sizes(world: WorldConfig, levels: int = 5) -> tuple[tuple[float, ...], ...]:
+    """One anchor size per FPN level (P2..P6), geometric from 0.8x the smallest object side (occlusion makes
+    visible boxes smaller than drawn objects) to the largest object side, rounded to whole pixels."""
+    low = 0.8 * world.min_object_size * world.image_size
+    high = world.max_object_size * world.image_size
+    ratio = (high / low) ** (1 / (levels - 1))
+    return tuple((float(round(low * ratio**i)),) for i in range(levels))
+
+
+@dataclass(frozen=True)
+class RPNTrainConfig:
+    """Everything that determines a trained RPN (with the world's hash it forms the cache key)."""
+
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.0
+    width: int = 16  # res2 bottleneck channels; stem = width, res2 = FPN = 4 * width
+    blocks_per_stage: tuple[int, int, int, int] = (1, 1, 1, 1)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    flip: bool = True
+    seed: int = 0
+    checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.width < 1:
+            raise ValueError(f"need steps, batch_size, width >= 1, got {self.steps}, {self.batch_size}, {self.width}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("need lr > 0, weight_decay >= 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        object.__setattr__(self, "blocks_per_stage", tuple(int(b) for b in self.blocks_per_stage))
+        object.__setattr__(self, "aspect_ratios", tuple(float(r) for r in self.aspect_ratios))
+
+    def rpn_config(self, world: WorldConfig) -> RPNConfig:
+        """The network spec for images of ``world``."""
+        return dataclasses.replace(
+            RPNConfig.tiny("fpn"),
+            name=f"world-R{sum(self.blocks_per_stage) * 3 + 2}-FPN-w{self.width}",
+            blocks_per_stage=self.blocks_per_stage,
+            stem_out_channels=self.width,
+            bottleneck_channels=self.width,
+            res2_out_channels=4 * self.width,
+            fpn_out_channels=4 * self.width,
+            norm="BN",
+            anchor_sizes=world_anchor_sizes(world),
+            anchor_aspect_ratios=(self.aspect_ratios,),
+            pre_nms_topk_test=1000,
+            post_nms_topk_test=1000,
+            nms_thresh=0.7,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RPNTrainConfig:
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown RPN training keys: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def cache_key(self, world: WorldConfig) -> str:
+        """16 hex digits over this config, the network spec, the world and the trainer version."""
+        training = {k: v for k, v in self.to_dict().items() if k != "checkpoint_every"}
+        payload = {
+            "trainer": TRAINER_VERSION,
+            "training": training,
+            "network": self.rpn_config(world).to_dict(),
+            "world": world.hash(),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_rpn(config: RPNTrainConfig, world: WorldConfig) -> ProposalNetwork:
+    """A freshly initialised (seeded) trainable proposal network for ``world``'s images."""
+    torch.manual_seed(config.seed)
+    return ProposalNetwork(config.rpn_config(world)).to(memory_format=torch.channels_last)
+
+
+def base_boxes(data: SplitData) -> list[torch.Tensor]:
+    """Boxes of base categories per image (det_train has no others; filtered again to be safe)."""
+    base = data.category_ids_of("base")
+    keep = [torch.tensor([int(c) in base for c in labels], dtype=torch.bool) for labels in data.labels]
+    return [boxes[k] for boxes, k in zip(data.boxes, keep)]
+
+
+@dataclass
+class RPNRun:
+    """Outcome of `train_rpn`."""
+
+    rpn: ProposalNetwork
+    losses: list[dict[str, float]]
+    step: int
+    steps_run: int
+    finished: bool
+    seconds: float = 0.0
+
+
+def train_rpn(
+    data: SplitData,
+    config: RPNTrainConfig,
+    world: WorldConfig,
+    checkpoint_dir: str | Path,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> RPNRun:
+    """Train the RPN on ``data``'s base boxes, resuming from the newest checkpoint in ``checkpoint_dir``.
+
+    Batches, flips and anchor sampling depend only on (seed, step), so a resumed run reproduces an
+    uninterrupted one; ``stop_after`` ends the call after that many total steps (checkpointed).
+    """
+    if data.images is None:
+        raise ValueError("the RPN needs decoded images (load_split(..., with_images=True))")
+    if len(data) < config.batch_size:
+        raise ValueError(f"{len(data)} images cannot fill a batch of {config.batch_size}")
+    gt_boxes = base_boxes(data)
+    rpn = build_rpn(config, world)
+    optimizer = torch.optim.AdamW(rpn.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    state = checkpointing.resume_latest(checkpoint_dir, rpn, optimizer)
+    start = int(state["step"]) if state else 0
+    losses: list[dict[str, float]] = list(state["losses"]) if state else []
+    seconds_before = float(state.get("seconds", 0.0)) if state else 0.0
+    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    rpn.train()
+    width = data.images.shape[-1]
+    started = time.perf_counter()
+    bar = tqdm(total=config.steps, initial=start, desc="rpn", unit="step", disable=not progress)
+    try:
+        for step in range(start, end):
+            lr = learning_rate(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            generator = step_generator(config.seed, step)
+            chosen = batch_indices(len(data), config.batch_size, config.seed, step).tolist()
+            flips = (torch.rand(len(chosen), generator=generator) < 0.5).tolist() if config.flip else [False] * len(chosen)
+            images, targets = [], []
+            for index, flip in zip(chosen, flips):
+                image, boxes = data.images[index].float(), gt_boxes[index]
+                if flip:
+                    image = image.flip(-1)
+                    boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+                images.append(image)
+                targets.append(boxes)
+            parts = rpn.losses(images, targets, generator=generator)
+            loss = parts["loss_rpn_cls"] + parts["loss_rpn_loc"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"RPN loss is {loss.item()} at step {step}: training diverged")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append({k: round(float(v.item()), 6) for k, v in parts.items()})
+            bar.update(1)
+            bar.set_postfix(cls=f"{losses[-1]['loss_rpn_cls']:.3f}", loc=f"{losses[-1]['loss_rpn_loc']:.3f}")
+            done = step + 1
+            if done % config.checkpoint_every == 0 or done == end:
+                elapsed = seconds_before + time.perf_counter() - started
+                checkpointing.save_checkpoint(
+                    checkpoint_dir, done, rpn, optimizer, {"losses": losses, "seconds": elapsed, "config": config.to_dict()}
+                )
+    finally:
+        bar.close()
+    step_reached = max(start, end)
+    rpn.eval()
+    return RPNRun(
+        rpn=rpn,
+        losses=losses,
+        step=step_reached,
+        steps_run=max(0, end - start),
+        finished=step_reached >= config.steps,
+        seconds=seconds_before + time.perf_counter() - started,
+    )
+
+
+@torch.inference_mode()
+def propose(
+    rpn: ProposalNetwork, images: torch.Tensor, top_n: int, nms_thresh: float | None = None, batch_size: int = 32
+) -> list[torch.Tensor]:
+    """Boxes of the ``top_n`` best proposals per image (best first), in input pixels."""
+    rpn.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = [im.float() for im in images[start : start + batch_size]]
+        out.extend(p.boxes.cpu() for p in rpn(batch, nms_thresh=nms_thresh, post_nms_topk=top_n))
+    return out
+
+
+def evaluate_rpn(
+    rpn: ProposalNetwork,
+    data: SplitData,
+    top_ns: Sequence[int] = (100, 300),
+    iou_threshold: float = 0.5,
+    nms_thresh: float | None = None,
+) -> dict[str, Any]:
+    """Proposal recall at each ``top_n`` (IoU ≥ ``iou_threshold``) for base, novel and all ground-truth boxes.
+
+    Returns ``{"recall": {"base": {100: r, ...}, "novel": {...}, "all": {...}}, "num_boxes": {...},
+    "mean_proposals": n}`` with the RPN's own NMS threshold unless ``nms_thresh`` is given."""
+    if data.images is None:
+        raise ValueError("evaluation needs decoded images")
+    proposals = propose(rpn, data.images, max(top_ns), nms_thresh)
+    novel = data.category_ids_of("novel")
+    is_novel = [torch.tensor([int(c) in novel for c in labels], dtype=torch.bool) for labels in data.labels]
+    recall: dict[str, dict[int, float]] = {"base": {}, "novel": {}, "all": {}}
+    for top_n in top_ns:
+        hits = proposal_hits(proposals, data.boxes, top_n, iou_threshold)
+        flat, novel_mask = torch.cat(hits), torch.cat(is_novel)
+        for group, mask in (("base", ~novel_mask), ("novel", novel_mask), ("all", torch.ones_like(novel_mask))):
+            recall[group][int(top_n)] = flat[mask].float().mean().item() if mask.any() else float("nan")
+    novel_mask = torch.cat(is_novel)
+    return {
+        "recall": recall,
+        "num_boxes": {"base": int((~novel_mask).sum()), "novel": int(novel_mask.sum()), "all": len(novel_mask)},
+        "mean_proposals": sum(len(p) for p in proposals) / max(1, len(proposals)),
+        "iou_threshold": iou_threshold,
+        "nms_thresh": rpn.config.nms_thresh if nms_thresh is None else nms_thresh,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Cached training
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainedRPN:
+    """A finished, cached RPN: ``weights`` is a detectron2-layout ``.pth`` (``load_detectron2_rpn``)."""
+
+    run_dir: Path
+    weights: Path
+    rpn_config: RPNConfig
+    losses: list[dict[str, float]]
+    config: RPNTrainConfig
+    trained_now: bool
+    steps_run: int
+    seconds: float
+
+    def load(self) -> ProposalNetwork:
+        """The frozen network, read back through the detectron2 checkpoint loader."""
+        rpn, report = load_detectron2_rpn(self.weights, self.rpn_config, strict=True)
+        return rpn
+
+
+def rpn_run_dir(cache_root: str | Path, world: World, config: RPNTrainConfig) -> Path:
+    return Path(cache_root).expanduser() / f"rpn-{config.cache_key(world.config)}"
+
+
+def get_or_train_rpn(
+    world: World,
+    config: RPNTrainConfig,
+    cache_root: str | Path,
+    progress: bool = True,
+    data: SplitData | None = None,
+) -> TrainedRPN:
+    """The RPN of (config, world) from the cache, training (or resuming) it first if needed."""
+    run_dir = rpn_run_dir(cache_root, world, config)
+    weights, result_file = run_dir / WEIGHTS_FILE, run_dir / RESULT_FILE
+    rpn_config = config.rpn_config(world.config)
+    if result_file.is_file() and weights.is_file():
+        record = json.loads(result_file.read_text(encoding="utf-8"))
+        return TrainedRPN(run_dir, weights, rpn_config, record["losses"], config, False, 0, record["seconds"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        run_dir / "config.json",
+        json.dumps({"training": config.to_dict(), "network": rpn_config.to_dict(), "world": world.config.hash()}, indent=1),
+    )
+    if data is None:
+        data = load_split(world, "det_train", progress=progress)
+    run = train_rpn(data, config, world.config, run_dir / "checkpoints", progress=progress)
+    atomic_write(weights, lambda tmp: save_detectron2_rpn(run.rpn.freeze(), tmp))
+    record = {"losses": run.losses, "seconds": run.seconds, "config": config.to_dict(), "world": world.config.hash()}
+    atomic_write_text(result_file, json.dumps(record))
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return TrainedRPN(run_dir, weights, rpn_config, run.losses, config, True, run.steps_run, run.seconds)
+
+
+def rpn_loss_total(losses: Sequence[dict[str, float]]) -> list[float]:
+    """Per-step total RPN loss (classification + localisation)."""
+    return [entry["loss_rpn_cls"] + entry["loss_rpn_loc"] for entry in losses]

@@ -1,0 +1,134 @@
+"""`regionclip demo` end to end on the tiny preset: report, pictures, loadable weights, caching, presets."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from regionclip import RegionCLIP
+from regionclip import demo as demo_module
+from regionclip.demo import DemoPreset, choose_threads, figure_image_indices, run_demo
+from regionclip.training import rpn as rpn_training
+from regionclip.training import teacher as teacher_training
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    report = run_demo(root / "out", preset="tiny", cache_dir=root / "cache", progress=False, threads=1)
+    return root, report
+
+
+def test_demo_writes_report_with_all_figures(demo_run):
+    root, report = demo_run
+    out = root / "out"
+    text = report.read_text()
+    for heading in ("## World", "## CLIP teacher", "## Class-agnostic RPN", "## Wall time per stage"):
+        assert heading in text
+    for figure in ("R@1 image→text", "R@1 text→image", "largest object", "GT boxes", "recall@100", "recall@300", "*chance*"):
+        assert figure in text
+    assert "1.9%" in text  # uniform chance over the 52 category names
+    assert len(re.findall(r"\d+\.\d%", text)) >= 20  # every cell holds a number
+    summary = json.loads((out / "report.json").read_text())
+    teacher = summary["teachers"]["tiny"]
+    for key in ("image_top1", "image_top5", "region_top1", "region_top3"):
+        assert 0.0 <= teacher[key] <= 1.0
+    assert set(teacher["retrieval"]) == {"image_to_text", "text_to_image"}
+    assert set(summary["rpn"]["recall"]) == {"base", "novel", "all"}
+    assert summary["stage_notes"]["teacher tiny"] == "trained" and summary["stage_notes"]["rpn"] == "trained"
+    for name in ("world", "teacher tiny", "rpn", "evaluate tiny", "figures"):
+        assert summary["stages"][name] >= 0.0
+    for picture in ("regions_top3.png", "training_curves.png"):
+        with Image.open(out / picture) as image:
+            assert image.width > 400 and image.height > 300
+        assert f"({picture})" in text
+    assert len(summary["figure"]) == 2 and all(len(r["gt_boxes"]["regions"]) >= 2 for r in summary["figure"])
+
+
+def test_demo_weights_load_with_rpn(demo_run):
+    root, _ = demo_run
+    weights = root / "out" / "models" / "teacher-tiny" / "model.safetensors"
+    model = RegionCLIP.from_pretrained(weights, device="cpu")
+    assert model.rpn is not None and model.config.name == "tiny"
+    image = Image.new("RGB", (160, 160), "white")
+    detections = model.detect(image, "car, tree", templates="single")
+    assert len(detections) == 1
+
+
+def test_second_run_reuses_cached_models(demo_run, monkeypatch):
+    root, _ = demo_run
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a cached model was trained again")
+
+    monkeypatch.setattr(teacher_training, "train_teacher", forbidden)
+    monkeypatch.setattr(rpn_training, "train_rpn", forbidden)
+    report = run_demo(root / "again", preset="tiny", cache_dir=root / "cache", progress=False, threads=1)
+    summary = json.loads((root / "again" / "report.json").read_text())
+    assert summary["stage_notes"] == {"teacher tiny": "cached", "rpn": "cached"}
+    first = json.loads((root / "out" / "report.json").read_text())
+    assert summary["teachers"]["tiny"]["region_top1"] == first["teachers"]["tiny"]["region_top1"]
+    assert summary["rpn"]["recall"] == first["rpn"]["recall"]
+    assert "(cached)" in report.read_text()
+
+
+def test_cli_demo_uses_cache(demo_run):
+    from typer.testing import CliRunner
+
+    from regionclip.cli import app
+
+    root, _ = demo_run
+    result = CliRunner().invoke(
+        app, ["demo", "--preset", "tiny", "--out", str(root / "cli"), "--cache-dir", str(root / "cache"), "--threads", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (root / "cli" / "report.md").is_file()
+
+
+@pytest.mark.parametrize("name", ["default", "full"])
+def test_yaml_presets_match_python_presets(name):
+    path = REPO / "configs" / f"demo_{name}.yaml"
+    assert DemoPreset.load(path).to_dict() == DemoPreset.load(name).to_dict()
+
+
+def test_presets_round_trip_and_validate(tmp_path):
+    preset = DemoPreset.full()
+    assert DemoPreset.from_yaml(preset.to_yaml(tmp_path / "p.yaml")).to_dict() == preset.to_dict()
+    assert [t.model for t in preset.teachers] == ["small", "medium"]
+    with pytest.raises(ValueError):
+        DemoPreset.load("nope")
+    with pytest.raises(ValueError):
+        DemoPreset.from_dict({**DemoPreset.tiny().to_dict(), "typo": 1})
+    with pytest.raises(ValueError):
+        DemoPreset.from_dict({**DemoPreset.tiny().to_dict(), "detection": {"max_detections": 0}})
+
+
+def test_choose_threads(monkeypatch):
+    assert choose_threads(3) == 3
+    with pytest.raises(ValueError):
+        choose_threads(0)
+    monkeypatch.setattr(demo_module.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(demo_module.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert choose_threads() == 2
+    monkeypatch.setattr(demo_module.os, "getloadavg", lambda: (1.9, 1.0, 1.0))
+    assert choose_threads() == 1
+
+
+def test_figure_images_prefer_novel_objects(demo_run):
+    from regionclip.synthetic import World
+    from regionclip.training.data import load_split
+
+    root, _ = demo_run
+    summary = json.loads((root / "out" / "report.json").read_text())
+    val = load_split(World.open(summary["world"]["root"]), "val", with_images=False)
+    chosen = figure_image_indices(val, 4)
+    novel = val.category_ids_of("novel")
+    assert len(chosen) == 4 and chosen == sorted(chosen)
+    assert all(2 <= len(val.boxes[i]) <= 4 for i in chosen)
+    assert sum(any(int(c) in novel for c in val.labels[i]) for i in chosen) >= 2
