@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from regionclip import RegionCLIP
@@ -16,6 +17,15 @@ from regionclip.training import rpn as rpn_training
 from regionclip.training import teacher as teacher_training
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one torch thread avoids OpenMP barrier stalls when another job shares the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

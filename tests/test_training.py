@@ -42,6 +42,15 @@ from regionclip.training.teacher import (
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one torch thread avoids OpenMP barrier stalls when another job shares the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     return generate_world(WorldConfig.tiny(), tmp_path_factory.mktemp("worlds"), progress=False)
@@ -313,3 +322,14 @@ def test_bad_configs_are_rejected():
         RPNTrainConfig(width=0)
     with pytest.raises(ValueError):
         TeacherTrainConfig.from_dict({"steps": 3, "typo": 1})
+
+
+def test_resume_refuses_a_different_config(pretrain, tmp_path):
+    config = TeacherTrainConfig(model="tiny", steps=2, batch_size=16, warmup_steps=1)
+    train_teacher(pretrain, config, tmp_path, progress=False, stop_after=1)
+    changed = TeacherTrainConfig(model="tiny", steps=2, batch_size=16, warmup_steps=1, lr=5e-4)
+    with pytest.raises(ValueError, match="lr"):
+        train_teacher(pretrain, changed, tmp_path, progress=False)
+    # only when to checkpoint differs: resumes
+    same = TeacherTrainConfig(model="tiny", steps=2, batch_size=16, warmup_steps=1, checkpoint_every=7)
+    assert train_teacher(pretrain, same, tmp_path, progress=False).steps_run == 1

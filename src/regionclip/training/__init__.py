@@ -1,1 +1,55 @@
-"""Training on the embedded synthetic world: the CLIP teacher, the RPN, checkpoints and metrics."""
+"""Training in the embedded synthetic world: the CLIP teacher, the class-agnostic RPN, checkpoints and metrics.
+
+>>> from regionclip.synthetic import WorldConfig, generate_world
+>>> from regionclip.training import TeacherTrainConfig, RPNTrainConfig, get_or_train_teacher, get_or_train_rpn
+>>> world = generate_world(WorldConfig.default(), "~/.cache/regionclip/worlds")
+>>> teacher = get_or_train_teacher(world, TeacherTrainConfig(model="tiny"), "~/.cache/regionclip/models")
+>>> model = teacher.load()                      # a RegionCLIP, as RegionCLIP.from_pretrained(teacher.weights)
+
+Every trained model is cached under ``<cache>/teacher-<size>-<hash>`` / ``rpn-<hash>`` (hash of the training
+config, the network shape, the world and the seed); interrupted runs resume from their newest checkpoint.
+"""
+
+from .checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint, resume_latest, save_checkpoint
+from .data import SplitData, load_split
+from .metrics import proposal_hits, proposal_recall, retrieval_chance, retrieval_recall_at_1, topk_accuracy
+from .rpn import RPNTrainConfig, TrainedRPN, evaluate_rpn, get_or_train_rpn, train_rpn, world_anchor_sizes
+from .teacher import (
+    TeacherReport,
+    TeacherTrainConfig,
+    TrainedTeacher,
+    clip_to_regionclip,
+    evaluate_teacher,
+    get_or_train_teacher,
+    image_embeddings,
+    train_teacher,
+)
+
+__all__ = [
+    "RPNTrainConfig",
+    "SplitData",
+    "TeacherReport",
+    "TeacherTrainConfig",
+    "TrainedRPN",
+    "TrainedTeacher",
+    "clip_to_regionclip",
+    "evaluate_rpn",
+    "evaluate_teacher",
+    "get_or_train_rpn",
+    "get_or_train_teacher",
+    "image_embeddings",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_split",
+    "proposal_hits",
+    "proposal_recall",
+    "resume_latest",
+    "retrieval_chance",
+    "retrieval_recall_at_1",
+    "save_checkpoint",
+    "topk_accuracy",
+    "train_rpn",
+    "train_teacher",
+    "world_anchor_sizes",
+]

@@ -112,3 +112,16 @@ def resume_latest(
     """Load the newest checkpoint under ``directory`` if there is one; returns its state or ``None``."""
     path = latest_checkpoint(directory)
     return None if path is None else load_checkpoint(path, model, optimizer)
+
+
+def check_same_run(state: dict[str, Any] | None, config: dict[str, Any], directory: str | Path) -> None:
+    """Refuse to resume a checkpoint written under another training config (its schedule and data order differ);
+    ``checkpoint_every`` may change."""
+    if state is None or "config" not in state:
+        return
+    saved = {k: v for k, v in state["config"].items() if k != "checkpoint_every"}
+    wanted = {k: v for k, v in config.items() if k != "checkpoint_every"}
+    if saved != wanted:
+        changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+        raise ValueError(f"{directory} holds checkpoints of a different training config (differs in {changed}); "
+                         "use another directory or delete it")

@@ -157,6 +157,7 @@ def train_rpn(
     rpn = build_rpn(config, world)
     optimizer = torch.optim.AdamW(rpn.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = checkpointing.resume_latest(checkpoint_dir, rpn, optimizer)
+    checkpointing.check_same_run(state, config.to_dict(), checkpoint_dir)
     start = int(state["step"]) if state else 0
     losses: list[dict[str, float]] = list(state["losses"]) if state else []
     seconds_before = float(state.get("seconds", 0.0)) if state else 0.0

@@ -269,6 +269,7 @@ def train_teacher(
     clip = build_teacher(config)
     optimizer = make_optimizer(clip, config)
     state = checkpointing.resume_latest(checkpoint_dir, clip, optimizer)
+    checkpointing.check_same_run(state, config.to_dict(), checkpoint_dir)
     start = int(state["step"]) if state else 0
     losses: list[float] = list(state["losses"]) if state else []
     seconds_before = float(state.get("seconds", 0.0)) if state else 0.0
