@@ -25,6 +25,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/zeroshot_inference.py --out bench_output/zeroshot_inference.json
+	$(PY) benchmarks/world_generation.py --out bench_output/world_generation.json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -30,6 +30,15 @@ def make_model(config: ModelConfig, seed: int = 0) -> RegionCLIP:
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Tiny models: one torch thread avoids OpenMP barrier stalls when another job shares the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture()
 def tiny_model() -> RegionCLIP:
     return make_model(ModelConfig.tiny())

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from regionclip import RegionCLIP
@@ -19,13 +18,7 @@ from regionclip.training import teacher as teacher_training
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one torch thread avoids OpenMP barrier stalls when another job shares the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +103,7 @@ def test_yaml_presets_match_python_presets(name):
 def test_presets_round_trip_and_validate(tmp_path):
     preset = DemoPreset.full()
     assert DemoPreset.from_yaml(preset.to_yaml(tmp_path / "p.yaml")).to_dict() == preset.to_dict()
-    assert [t.model for t in preset.teachers] == ["small", "medium"]
+    assert [t.label for t in preset.teachers] == ["tiny", "small@64"]
     with pytest.raises(ValueError):
         DemoPreset.load("nope")
     with pytest.raises(ValueError):
@@ -126,7 +119,11 @@ def test_choose_threads(monkeypatch):
     monkeypatch.setattr(demo_module.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(demo_module.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
     assert choose_threads() == 2
+    monkeypatch.setattr(demo_module.os, "getloadavg", lambda: (0.9, 1.0, 1.0))  # e.g. a job that just ended
+    assert choose_threads() == 2
     monkeypatch.setattr(demo_module.os, "getloadavg", lambda: (1.9, 1.0, 1.0))
+    assert choose_threads() == 1
+    monkeypatch.setattr(demo_module.os, "getloadavg", lambda: (4.5, 1.0, 1.0))
     assert choose_threads() == 1
 
 

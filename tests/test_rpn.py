@@ -417,7 +417,7 @@ def _ref_proposals(sd, variant, blocks, image, sizes_per_level, ratios, strides,
     else:
         maps = [feats[4]]
     head = "proposal_generator.rpn_head."
-    all_boxes, all_scores, all_levels = [], [], []
+    all_boxes, all_scores = [], []
     for lvl, (fmap, sizes, stride) in enumerate(zip(maps, sizes_per_level, strides)):
         t = fmap
         names = [f"{head}conv"] if f"{head}conv.weight" in sd else [f"{head}conv.conv{k}" for k in range(2)]

@@ -13,7 +13,6 @@ import pytest
 from regionclip.synthetic import (
     CATEGORIES,
     CATEGORY_BY_NAME,
-    MARKER,
     SPLITS,
     World,
     WorldConfig,
@@ -429,6 +428,8 @@ def test_config_presets_yaml_and_validation(tmp_path: Path) -> None:
         WorldConfig.from_yaml(tmp_path / "bad.yaml")
     with pytest.raises(ValueError, match="min_objects"):
         WorldConfig(min_objects=5, max_objects=2)
+    with pytest.raises(ValueError, match="pretrain_iconic_fraction"):
+        WorldConfig(pretrain_iconic_fraction=1.5)
     with pytest.raises(TypeError, match="seed"):
         WorldConfig(seed="0")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown preset"):
@@ -436,3 +437,30 @@ def test_config_presets_yaml_and_validation(tmp_path: Path) -> None:
     assert WorldConfig(max_object_size=0.5).hash() == WorldConfig(max_object_size=0.5).hash()
     assert WorldConfig(min_visible_fraction=1).hash() == WorldConfig(min_visible_fraction=1.0).hash()
     assert tiny.hash() != tiny.replace(seed=1).hash()
+
+
+def test_iconic_pretraining_images_show_one_large_object():
+    plain = WorldConfig.tiny(pretrain_iconic_fraction=0.0)
+    all_iconic = WorldConfig.tiny(pretrain_iconic_fraction=1.0)
+    iconic_sizes, plain_sizes = [], []
+    for index in range(16):
+        _, objects, captions = render_image(all_iconic, "pretrain", index)
+        assert len(objects) == 1 and captions
+        iconic_sizes.append(objects[0].size)
+        plain_sizes += [o.size for o in render_image(plain, "pretrain", index)[1]]
+    # log-uniform over the upper half of [0.12, 0.5] instead of all of it
+    assert min(iconic_sizes) > 0.8 * (0.12 * 0.5) ** 0.5 and np.mean(iconic_sizes) > np.mean(plain_sizes) + 0.05
+    # detection splits never hold iconic images, and the choice has its own random stream:
+    # every image that is not iconic is byte-identical to the world without iconic images
+    half = WorldConfig.tiny(pretrain_iconic_fraction=0.5)
+    kinds = []
+    for split, index in [("pretrain", i) for i in range(12)] + [("det_train", 0), ("val", 60)]:
+        image, objects, _ = render_image(half, split, index)
+        reference = render_image(plain, split, index)[0]
+        same = np.array_equal(np.asarray(image), np.asarray(reference))
+        kinds.append(same)
+        if split != "pretrain":
+            assert same, split
+        elif not same:
+            assert len(objects) == 1
+    assert 0 < sum(kinds[:12]) < 12  # both kinds occur among 12 pretraining images

@@ -15,6 +15,7 @@ from regionclip.synthetic import WorldConfig, generate_world
 from regionclip.training import checkpointing
 from regionclip.training import rpn as rpn_training
 from regionclip.training.data import load_split
+from regionclip.training.loop import batch_indices, learning_rate, step_generator
 from regionclip.training.metrics import (
     proposal_hits,
     proposal_recall,
@@ -25,30 +26,23 @@ from regionclip.training.metrics import (
 from regionclip.training.rpn import RPNTrainConfig, evaluate_rpn, get_or_train_rpn, train_rpn, world_anchor_sizes
 from regionclip.training.teacher import (
     TeacherTrainConfig,
-    batch_indices,
     build_teacher,
     clip_to_regionclip,
+    crop_sources,
     encode_text_trimmed,
     evaluate_teacher,
     get_or_train_teacher,
     image_embeddings,
-    learning_rate,
     mirror_caption,
     normalize_pixels,
     random_resized_crops,
     resize_images,
-    step_generator,
+    to_grayscale,
     train_teacher,
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one torch thread avoids OpenMP barrier stalls when another job shares the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +151,23 @@ def test_full_crop_equals_resize():
     assert varied.shape == (3, 3, 32, 32) and not torch.allclose(varied, crops)
 
 
+def test_crop_sources_keep_every_crop_at_input_resolution():
+    images = torch.randint(0, 256, (5, 3, 160, 160), dtype=torch.uint8)
+    sources = crop_sources(images, 64, 0.7, batch_size=2)
+    assert sources.dtype == torch.uint8 and sources.shape == (5, 3, 77, 77)  # ceil(64 / sqrt(0.7)) = 77
+    assert torch.equal(sources, resize_images(images, 77).round().to(torch.uint8))
+    assert crop_sources(images, 160, 0.7) is images  # already no larger than needed: used as is
+
+
+def test_grayscale_uses_luma_weights():
+    pixels = torch.zeros(2, 3, 1, 1)
+    pixels[0, :, 0, 0] = torch.tensor([255.0, 0.0, 0.0])
+    pixels[1, :, 0, 0] = torch.tensor([10.0, 20.0, 30.0])
+    gray = to_grayscale(pixels)
+    assert gray[0, :, 0, 0].tolist() == pytest.approx([0.299 * 255] * 3)
+    assert gray[1, :, 0, 0].tolist() == pytest.approx([0.299 * 10 + 0.587 * 20 + 0.114 * 30] * 3)
+
+
 def test_trimmed_text_encoding_equals_full_context():
     from open_clip.tokenizer import SimpleTokenizer
 
@@ -218,8 +229,8 @@ def test_teacher_resume_reproduces_uninterrupted_run(pretrain, tmp_path):
     resumed = train_teacher(pretrain, config, tmp_path / "split", progress=False)
     assert resumed.steps_run == 2 and resumed.finished
     assert resumed.losses == whole.losses
-    for key, value in whole.clip.state_dict().items():
-        assert torch.equal(value, resumed.clip.state_dict()[key]), key
+    for key, value in whole.module.state_dict().items():
+        assert torch.equal(value, resumed.module.state_dict()[key]), key
 
 
 def test_rpn_resume_reproduces_uninterrupted_run(det_train, world, tmp_path):
@@ -228,8 +239,8 @@ def test_rpn_resume_reproduces_uninterrupted_run(det_train, world, tmp_path):
     train_rpn(det_train, config, world.config, tmp_path / "split", progress=False, stop_after=1)
     resumed = train_rpn(det_train, config, world.config, tmp_path / "split", progress=False)
     assert resumed.steps_run == 2 and resumed.losses == whole.losses
-    for key, value in whole.rpn.state_dict().items():
-        assert torch.equal(value, resumed.rpn.state_dict()[key]), key
+    for key, value in whole.module.state_dict().items():
+        assert torch.equal(value, resumed.module.state_dict()[key]), key
 
 
 # ---- caching, weight formats, evaluation ------------------------------------------------------------
@@ -248,7 +259,7 @@ def test_cached_teacher_loads_like_released_weights(world, pretrain, val, tmp_pa
     assert model.config.name == "tiny"
     assert not (trained.run_dir / "checkpoints").exists()  # removed once the final weights are written
     # The same config trains the same weights (deterministic), and the file reproduces them exactly.
-    direct = train_teacher(pretrain, config, tmp_path / "direct", progress=False).clip
+    direct = train_teacher(pretrain, config, tmp_path / "direct", progress=False).module
     direct_model = clip_to_regionclip(direct, config.model_config())
     images = val.images[:4]
     assert torch.allclose(image_embeddings(model, images), image_embeddings(direct_model, images), atol=1e-6)
@@ -279,6 +290,11 @@ def test_evaluate_teacher_counts_everything(val):
     for value in (report.image_top1, report.image_top5, report.region_top1, report.region_top3):
         assert 0.0 <= value <= 1.0
     assert report.image_top1 <= report.image_top5 and report.region_top1 <= report.region_top3
+    # the largest object is in the image, so a correct top-1 is also a present-object hit
+    assert report.image_top1 <= report.image_present_top1 <= 1.0
+    with_objects = [labels for labels in val.labels if len(labels)]
+    expected_chance = sum(len(set(labels.tolist())) for labels in with_objects) / len(with_objects) / 52
+    assert report.image_present_chance == pytest.approx(expected_chance)
 
 
 def test_rpn_recall_grouping_with_perfect_proposals(val, world, monkeypatch):
@@ -318,6 +334,8 @@ def test_bad_configs_are_rejected():
         TeacherTrainConfig(image_size=100)  # not a multiple of 32
     with pytest.raises(ValueError):
         TeacherTrainConfig(batch_size=1)
+    with pytest.raises(ValueError, match="grayscale_prob"):
+        TeacherTrainConfig(grayscale_prob=1.5)
     with pytest.raises(ValueError):
         RPNTrainConfig(width=0)
     with pytest.raises(ValueError):

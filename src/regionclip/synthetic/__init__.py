@@ -2,7 +2,8 @@
 
 52 procedurally drawn categories with synonyms and plurals, an LVIS-like frequency long tail
 (f / c / r) and an OV-COCO-like base / novel split; images with occlusion, clutter and varied
-backgrounds; realistic captions; COCO instances / captions json, JPEG files and webdataset shards.
+backgrounds (the pretraining split also has iconic single-object close-ups, as web image-text data
+does); realistic captions; COCO instances / captions json, JPEG files and webdataset shards.
 
 Typical use::
 

@@ -42,6 +42,9 @@ class WorldConfig:
     max_clutter: int = 4
     #: objects with a smaller visible fraction are neither annotated nor mentioned in captions
     min_visible_fraction: float = 0.3
+    #: fraction of pretraining images that show a single, large object (upper half of the size range) - the
+    #: iconic close-ups common in web image-text data; det_train and val are unaffected
+    pretrain_iconic_fraction: float = 0.5
     min_captions: int = 1
     max_captions: int = 3
     jpeg_quality: int = 90
@@ -76,6 +79,8 @@ class WorldConfig:
             raise ValueError(f"need 0 <= min_clutter <= max_clutter, got {self.min_clutter}, {self.max_clutter}")
         if not 0.0 < self.min_visible_fraction <= 1.0:
             raise ValueError(f"min_visible_fraction must be in (0, 1], got {self.min_visible_fraction}")
+        if not 0.0 <= self.pretrain_iconic_fraction <= 1.0:
+            raise ValueError(f"pretrain_iconic_fraction must be in [0, 1], got {self.pretrain_iconic_fraction}")
         if not 1 <= self.min_captions <= self.max_captions:
             raise ValueError(f"need 1 <= min_captions <= max_captions, got {self.min_captions}, {self.max_captions}")
         if not 1 <= self.jpeg_quality <= 100:

@@ -377,10 +377,12 @@ class _ObjectPlan:
 
 
 def _plan_object(
-    rng: np.random.Generator, spec: CategorySpec, config: WorldConfig, background: np.ndarray
+    rng: np.random.Generator, spec: CategorySpec, config: WorldConfig, background: np.ndarray, large: bool = False
 ) -> _ObjectPlan:
     size = config.image_size
-    frac = math.exp(rng.uniform(math.log(config.min_object_size), math.log(config.max_object_size)))
+    # sizes are log-uniform; a large (iconic) object takes the upper half of the log range
+    log_lo, log_hi = math.log(config.min_object_size), math.log(config.max_object_size)
+    frac = math.exp(rng.uniform((log_lo + log_hi) / 2 if large else log_lo, log_hi))
     aspect = math.exp(rng.uniform(-math.log(1.3), math.log(1.3)))
     rotation = rng.uniform(-spec.max_rotation, spec.max_rotation)
     prims, lo, hi = _transform(spec.draw(rng), frac * size, aspect, rotation)
@@ -483,11 +485,17 @@ def render_image(
     background, bg_info = _draw_background(rng, size)
 
     n = int(rng.integers(config.min_objects, config.max_objects + 1))
+    # decided on a stream of its own, so the other images (and worlds without iconic images) stay unchanged
+    iconic = split == "pretrain" and config.pretrain_iconic_fraction > 0 and (
+        np.random.default_rng([config.seed, SPLIT_CODES[split], int(index), 1]).random() < config.pretrain_iconic_fraction
+    )
+    if iconic:
+        n = 1
     cat_idx = rng.choice(len(CATEGORIES), size=n, p=_CATEGORY_PROBS)
     forced = split == "val" and config.val_covers_all_categories and index < len(CATEGORIES)
     if forced:
         cat_idx[-1] = index
-    plans = [_plan_object(rng, CATEGORIES[int(k)], config, background) for k in cat_idx]
+    plans = [_plan_object(rng, CATEGORIES[int(k)], config, background, large=iconic) for k in cat_idx]
 
     # Painting order: larger objects tend to be further back; the forced val object is on top.
     keys = np.array([-p.extent_px for p in plans]) * rng.uniform(0.6, 1.4, n)

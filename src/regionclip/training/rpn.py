@@ -13,22 +13,19 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..checkpoints.detectron2_rpn import load_detectron2_rpn, save_detectron2_rpn
 from ..modeling.rpn import ProposalNetwork, RPNConfig
 from ..synthetic import World, WorldConfig
 from ..utils import atomic_write, atomic_write_text
-from . import checkpointing
 from .data import SplitData, load_split
+from .loop import TrainingRun, batch_indices, run_training
 from .metrics import proposal_hits
-from .teacher import batch_indices, learning_rate, step_generator
 
 TRAINER_VERSION = "1"
 RESULT_FILE = "training.json"
@@ -124,18 +121,6 @@ def base_boxes(data: SplitData) -> list[torch.Tensor]:
     return [boxes[k] for boxes, k in zip(data.boxes, keep)]
 
 
-@dataclass
-class RPNRun:
-    """Outcome of `train_rpn`."""
-
-    rpn: ProposalNetwork
-    losses: list[dict[str, float]]
-    step: int
-    steps_run: int
-    finished: bool
-    seconds: float = 0.0
-
-
 def train_rpn(
     data: SplitData,
     config: RPNTrainConfig,
@@ -143,72 +128,37 @@ def train_rpn(
     checkpoint_dir: str | Path,
     progress: bool = True,
     stop_after: int | None = None,
-) -> RPNRun:
-    """Train the RPN on ``data``'s base boxes, resuming from the newest checkpoint in ``checkpoint_dir``.
-
-    Batches, flips and anchor sampling depend only on (seed, step), so a resumed run reproduces an
-    uninterrupted one; ``stop_after`` ends the call after that many total steps (checkpointed).
-    """
+) -> TrainingRun:
+    """Train the RPN on ``data``'s base boxes, resuming from the newest checkpoint in ``checkpoint_dir``
+    (`run_training`); the returned run's ``module`` is the `ProposalNetwork`."""
     if data.images is None:
         raise ValueError("the RPN needs decoded images (load_split(..., with_images=True))")
     if len(data) < config.batch_size:
         raise ValueError(f"{len(data)} images cannot fill a batch of {config.batch_size}")
     gt_boxes = base_boxes(data)
     rpn = build_rpn(config, world)
-    optimizer = torch.optim.AdamW(rpn.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    state = checkpointing.resume_latest(checkpoint_dir, rpn, optimizer)
-    checkpointing.check_same_run(state, config.to_dict(), checkpoint_dir)
-    start = int(state["step"]) if state else 0
-    losses: list[dict[str, float]] = list(state["losses"]) if state else []
-    seconds_before = float(state.get("seconds", 0.0)) if state else 0.0
-    end = config.steps if stop_after is None else min(config.steps, stop_after)
-    rpn.train()
     width = data.images.shape[-1]
-    started = time.perf_counter()
-    bar = tqdm(total=config.steps, initial=start, desc="rpn", unit="step", disable=not progress)
-    try:
-        for step in range(start, end):
-            lr = learning_rate(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            generator = step_generator(config.seed, step)
-            chosen = batch_indices(len(data), config.batch_size, config.seed, step).tolist()
-            flips = (torch.rand(len(chosen), generator=generator) < 0.5).tolist() if config.flip else [False] * len(chosen)
-            images, targets = [], []
-            for index, flip in zip(chosen, flips):
-                image, boxes = data.images[index].float(), gt_boxes[index]
-                if flip:
-                    image = image.flip(-1)
-                    boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
-                images.append(image)
-                targets.append(boxes)
-            parts = rpn.losses(images, targets, generator=generator)
-            loss = parts["loss_rpn_cls"] + parts["loss_rpn_loc"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"RPN loss is {loss.item()} at step {step}: training diverged")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append({k: round(float(v.item()), 6) for k, v in parts.items()})
-            bar.update(1)
-            bar.set_postfix(cls=f"{losses[-1]['loss_rpn_cls']:.3f}", loc=f"{losses[-1]['loss_rpn_loc']:.3f}")
-            done = step + 1
-            if done % config.checkpoint_every == 0 or done == end:
-                elapsed = seconds_before + time.perf_counter() - started
-                checkpointing.save_checkpoint(
-                    checkpoint_dir, done, rpn, optimizer, {"losses": losses, "seconds": elapsed, "config": config.to_dict()}
-                )
-    finally:
-        bar.close()
-    step_reached = max(start, end)
-    rpn.eval()
-    return RPNRun(
-        rpn=rpn,
-        losses=losses,
-        step=step_reached,
-        steps_run=max(0, end - start),
-        finished=step_reached >= config.steps,
-        seconds=seconds_before + time.perf_counter() - started,
+
+    def step_fn(step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        chosen = batch_indices(len(data), config.batch_size, config.seed, step).tolist()
+        flips = (torch.rand(len(chosen), generator=generator) < 0.5).tolist() if config.flip else [False] * len(chosen)
+        images, targets = [], []
+        for index, flip in zip(chosen, flips):
+            image, boxes = data.images[index].float(), gt_boxes[index]
+            if flip:
+                image = image.flip(-1)
+                boxes = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+            images.append(image)
+            targets.append(boxes)
+        parts = rpn.losses(images, targets, generator=generator)
+        return parts["loss_rpn_cls"] + parts["loss_rpn_loc"], {k: round(float(v.item()), 6) for k, v in parts.items()}
+
+    def postfix(record: dict[str, float]) -> dict[str, str]:
+        return {"cls": f"{record['loss_rpn_cls']:.3f}", "loc": f"{record['loss_rpn_loc']:.3f}"}
+
+    optimizer = torch.optim.AdamW(rpn.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return run_training(
+        rpn, optimizer, config, step_fn, checkpoint_dir, "rpn", progress=progress, stop_after=stop_after, postfix=postfix
     )
 
 
@@ -307,7 +257,7 @@ def get_or_train_rpn(
     if data is None:
         data = load_split(world, "det_train", progress=progress)
     run = train_rpn(data, config, world.config, run_dir / "checkpoints", progress=progress)
-    atomic_write(weights, lambda tmp: save_detectron2_rpn(run.rpn.freeze(), tmp))
+    atomic_write(weights, lambda tmp: save_detectron2_rpn(run.module.freeze(), tmp))
     record = {"losses": run.losses, "seconds": run.seconds, "config": config.to_dict(), "world": world.config.hash()}
     atomic_write_text(result_file, json.dumps(record))
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)

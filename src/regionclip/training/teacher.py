@@ -17,7 +17,6 @@ import json
 import math
 import re
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,7 +25,6 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from ..api import RegionCLIP
 from ..checkpoints.clip_weights import split_checkpoint
@@ -35,11 +33,11 @@ from ..modeling.clip_parts import build_open_clip
 from ..synthetic import World
 from ..text.vocabulary import Vocabulary
 from ..utils import atomic_write_text
-from . import checkpointing
 from .data import SplitData, load_split
+from .loop import TrainingRun, batch_indices, run_training
 from .metrics import retrieval_chance, retrieval_recall_at_1, topk_accuracy
 
-TRAINER_VERSION = "1"  # bump when training changes what a given config produces (part of the cache key)
+TRAINER_VERSION = "2"  # bump when training changes what a given config produces (part of the cache key)
 RESULT_FILE = "training.json"  # written last: its presence marks a finished, cached run
 
 
@@ -58,6 +56,7 @@ class TeacherTrainConfig:
     crop_scale: tuple[float, float] = (0.7, 1.0)  # RandomResizedCrop area fraction
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = True  # horizontal flip; "left"/"right" are swapped in the caption
+    grayscale_prob: float = 0.0  # random grayscale (open_clip's gray_scale_prob): pushes towards shape over colour
     init_logit_scale: float = 1 / 0.07
     max_logit_scale: float = 100.0
     seed: int = 0
@@ -73,6 +72,8 @@ class TeacherTrainConfig:
             raise ValueError(f"bad crop_scale {self.crop_scale} or crop_ratio {self.crop_ratio}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if not 0 <= self.grayscale_prob <= 1:
+            raise ValueError(f"grayscale_prob must be in [0, 1], got {self.grayscale_prob}")
         object.__setattr__(self, "crop_scale", tuple(float(v) for v in self.crop_scale))
         object.__setattr__(self, "crop_ratio", tuple(float(v) for v in self.crop_ratio))
 
@@ -114,31 +115,6 @@ class TeacherTrainConfig:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def learning_rate(step: int, config: TeacherTrainConfig | Any) -> float:
-    """Linear warm-up from ``lr / warmup_steps`` to ``lr``, then cosine decay to ``lr * min_lr_ratio``."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    span = max(1, config.steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
-    floor = config.lr * config.min_lr_ratio
-    return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The random stream of one training step: a function of (seed, step) only, so resuming is exact."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
-
-
-def batch_indices(num_samples: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
-    """Sample indices of ``step``: consecutive slices of a per-epoch permutation (last partial batch dropped)."""
-    per_epoch = num_samples // batch_size
-    if per_epoch < 1:
-        raise ValueError(f"{num_samples} samples cannot fill a batch of {batch_size}")
-    epoch, slot = divmod(step, per_epoch)
-    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-    return order[slot * batch_size : (slot + 1) * batch_size]
-
-
 _SIDE = re.compile(r"\b(left|right)\b")
 
 
@@ -175,6 +151,24 @@ def random_resized_crops(
         y0 = int(u[3] * (height - h + 1))
         out.append(resize_images(image[None, :, y0 : y0 + h, x0 : x0 + w], size)[0])
     return torch.stack(out)
+
+
+def crop_sources(images: torch.Tensor, size: int, min_scale: float, batch_size: int = 256) -> torch.Tensor:
+    """The images downsized once (uint8) to the smallest side at which every random crop of ``min_scale`` area
+    still has at least ``size`` pixels per side, so the per-step crops resize far fewer pixels."""
+    side = min(images.shape[-1], math.ceil(size / math.sqrt(min_scale)))
+    if side >= images.shape[-1] and images.shape[-2] == images.shape[-1]:
+        return images
+    return torch.cat(
+        [resize_images(images[i : i + batch_size], side).round().clamp(0, 255).to(torch.uint8)
+         for i in range(0, len(images), batch_size)]
+    )
+
+
+def to_grayscale(pixels: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, H, W]`` RGB → the same shape with every channel the ITU-R 601 luma (as torchvision's grayscale)."""
+    luma = 0.299 * pixels[:, 0] + 0.587 * pixels[:, 1] + 0.114 * pixels[:, 2]
+    return luma[:, None].expand_as(pixels).clone()
 
 
 def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
@@ -229,20 +223,11 @@ def build_teacher(config: TeacherTrainConfig) -> nn.Module:
 
 
 def make_optimizer(clip: nn.Module, config: TeacherTrainConfig) -> torch.optim.Optimizer:
-    # β2 = 0.98 and ε = 1e-6 as CLIP uses for its ResNets (large-batch contrastive training is noisy).
-    return torch.optim.AdamW(parameter_groups(clip, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
-
-
-@dataclass
-class TeacherRun:
-    """Outcome of `train_teacher`: the CLIP module and its loss history."""
-
-    clip: nn.Module
-    losses: list[float]
-    step: int  # steps completed so far (== config.steps when finished)
-    steps_run: int  # steps executed by this call (0 when everything came from a checkpoint)
-    finished: bool
-    seconds: float = 0.0  # training wall time, summed over interrupted and resumed calls
+    # β2 = 0.98 and ε = 1e-6 as CLIP uses for its ResNets (large-batch contrastive training is noisy). The fused
+    # kernel updates the 49k-row token embedding ~6x faster than the per-tensor loop on CPU.
+    return torch.optim.AdamW(
+        parameter_groups(clip, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6, fused=True
+    )
 
 
 def train_teacher(
@@ -251,13 +236,9 @@ def train_teacher(
     checkpoint_dir: str | Path,
     progress: bool = True,
     stop_after: int | None = None,
-) -> TeacherRun:
-    """Contrastive image–caption training, resuming from the newest checkpoint in ``checkpoint_dir``.
-
-    ``stop_after`` ends the call after that many total steps (a checkpoint is written there), as an
-    interruption would; calling again resumes. Every step's data and augmentation depend only on
-    (seed, step), so a resumed run reproduces an uninterrupted one.
-    """
+) -> TrainingRun:
+    """Contrastive image–caption training, resuming from the newest checkpoint in ``checkpoint_dir``
+    (`run_training`); the returned run's ``module`` is the open_clip CLIP."""
     if data.images is None:
         raise ValueError("the teacher needs decoded images (load_split(..., with_images=True))")
     usable = [i for i, caps in enumerate(data.captions) if caps]
@@ -267,65 +248,34 @@ def train_teacher(
     image_size = model_config.vision.image_size
     tokenizer = SimpleTokenizer(context_length=model_config.text.context_length)  # type: ignore[union-attr]
     clip = build_teacher(config)
-    optimizer = make_optimizer(clip, config)
-    state = checkpointing.resume_latest(checkpoint_dir, clip, optimizer)
-    checkpointing.check_same_run(state, config.to_dict(), checkpoint_dir)
-    start = int(state["step"]) if state else 0
-    losses: list[float] = list(state["losses"]) if state else []
-    seconds_before = float(state.get("seconds", 0.0)) if state else 0.0
-    end = config.steps if stop_after is None else min(config.steps, stop_after)
-    clip.train()
-    started = time.perf_counter()
-    bar = tqdm(total=config.steps, initial=start, desc=f"teacher {config.label}", unit="step", disable=not progress)
-    try:
-        for step in range(start, end):
-            lr = learning_rate(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            generator = step_generator(config.seed, step)
-            chosen = [usable[i] for i in batch_indices(len(usable), config.batch_size, config.seed, step).tolist()]
-            pixels = random_resized_crops(
-                data.images[chosen], image_size, config.crop_scale, config.crop_ratio, generator
-            )
-            flips = (torch.rand(len(chosen), generator=generator) < 0.5).tolist() if config.flip else [False] * len(chosen)
-            picks = torch.rand(len(chosen), generator=generator).tolist()
-            captions = []
-            for k, (index, flip) in enumerate(zip(chosen, flips)):
-                options = data.captions[index]
-                caption = options[min(len(options) - 1, int(picks[k] * len(options)))]
-                captions.append(mirror_caption(caption) if flip else caption)
-                if flip:
-                    pixels[k] = pixels[k].flip(-1)
-            images = normalize_pixels(pixels).contiguous(memory_format=torch.channels_last)
-            tokens = tokenizer(captions)
-            loss = contrastive_loss(clip.encode_image(images), encode_text_trimmed(clip, tokens), clip.logit_scale)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"teacher loss is {loss.item()} at step {step}: training diverged")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                clip.logit_scale.clamp_(0, math.log(config.max_logit_scale))
-            losses.append(round(float(loss.item()), 6))
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
-            done = step + 1
-            if done % config.checkpoint_every == 0 or done == end:
-                elapsed = seconds_before + time.perf_counter() - started
-                checkpointing.save_checkpoint(
-                    checkpoint_dir, done, clip, optimizer, {"losses": losses, "seconds": elapsed, "config": config.to_dict()}
-                )
-    finally:
-        bar.close()
-    step_reached = max(start, end)
-    clip.eval()
-    return TeacherRun(
-        clip=clip,
-        losses=losses,
-        step=step_reached,
-        steps_run=max(0, end - start),
-        finished=step_reached >= config.steps,
-        seconds=seconds_before + time.perf_counter() - started,
+    sources = crop_sources(data.images, image_size, config.crop_scale[0])
+
+    def step_fn(step: int, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+        chosen = [usable[i] for i in batch_indices(len(usable), config.batch_size, config.seed, step).tolist()]
+        pixels = random_resized_crops(sources[chosen], image_size, config.crop_scale, config.crop_ratio, generator)
+        flips = (torch.rand(len(chosen), generator=generator) < 0.5).tolist() if config.flip else [False] * len(chosen)
+        picks = torch.rand(len(chosen), generator=generator).tolist()
+        captions = []
+        for k, (index, flip) in enumerate(zip(chosen, flips)):
+            options = data.captions[index]
+            caption = options[min(len(options) - 1, int(picks[k] * len(options)))]
+            captions.append(mirror_caption(caption) if flip else caption)
+            if flip:
+                pixels[k] = pixels[k].flip(-1)
+        if config.grayscale_prob > 0:
+            gray = torch.rand(len(chosen), generator=generator) < config.grayscale_prob
+            pixels[gray] = to_grayscale(pixels[gray])
+        images = normalize_pixels(pixels).contiguous(memory_format=torch.channels_last)
+        loss = contrastive_loss(clip.encode_image(images), encode_text_trimmed(clip, tokenizer(captions)), clip.logit_scale)
+        return loss, round(float(loss.item()), 6)
+
+    def clamp_logit_scale() -> None:
+        with torch.no_grad():
+            clip.logit_scale.clamp_(0, math.log(config.max_logit_scale))
+
+    return run_training(
+        clip, make_optimizer(clip, config), config, step_fn, checkpoint_dir, f"teacher {config.label}",
+        progress=progress, stop_after=stop_after, after_step=clamp_logit_scale,
     )
 
 
@@ -375,6 +325,8 @@ class TeacherReport:
     image_top1: float
     image_top5: float
     image_majority: float
+    image_present_top1: float  # top-1 class is one of the image's annotated categories
+    image_present_chance: float  # the same for a uniformly random class: mean of (#present classes / #classes)
     region_top1: float
     region_top3: float
     region_majority: float
@@ -398,7 +350,8 @@ def evaluate_teacher(
     progress: bool = False,
 ) -> TeacherReport:
     """Retrieval R@1 (images vs all their captions), zero-shot classification of each image's largest object
-    from the whole image, and zero-shot classification of every ground-truth box (`classify_regions`)."""
+    from the whole image (and whether its top-1 class is any object in the image: images hold 2-6 objects),
+    and zero-shot classification of every ground-truth box (`classify_regions`)."""
     if data.images is None:
         raise ValueError("evaluation needs decoded images")
     vocabulary = Vocabulary.from_coco_categories(data.categories, source="synthetic-world")
@@ -417,6 +370,10 @@ def evaluate_teacher(
     with_object = [i for i, c in enumerate(largest) if c is not None]
     targets = [index[largest[i]] for i in with_object]
     image_logits = image_features[with_object] @ class_weights.T
+    present = [{index[int(c)] for c in data.labels[i]} for i in with_object]
+    predicted_image = image_logits.argmax(dim=1).tolist()
+    present_top1 = sum(p in s for p, s in zip(predicted_image, present)) / max(1, len(present))
+    present_chance = sum(len(s) for s in present) / max(1, len(present)) / len(vocabulary)
 
     with_boxes = [i for i, b in enumerate(data.boxes) if len(b)]
     predictions = model.classify_regions(
@@ -447,6 +404,8 @@ def evaluate_teacher(
         image_top1=topk_accuracy(image_logits, targets, 1),
         image_top5=topk_accuracy(image_logits, targets, 5),
         image_majority=majority_baseline(targets),
+        image_present_top1=present_top1,
+        image_present_chance=present_chance,
         region_top1=correct_top1.float().mean().item(),
         region_top3=correct_top3.float().mean().item(),
         region_majority=majority_baseline(region_targets.tolist()),
@@ -500,12 +459,12 @@ def get_or_train_teacher(
     if data is None:
         data = load_split(world, "pretrain", progress=progress)
     run = train_teacher(data, config, run_dir / "checkpoints", progress=progress)
-    model = clip_to_regionclip(run.clip, config.model_config())
+    model = clip_to_regionclip(run.module, config.model_config())
     model.save_pretrained(weights)
     record = {
         "losses": run.losses,
         "seconds": run.seconds,
-        "logit_scale": float(run.clip.logit_scale.detach().exp()),
+        "logit_scale": float(run.module.logit_scale.detach().exp()),
         "config": config.to_dict(),
         "world": world.config.hash(),
     }
