@@ -139,3 +139,20 @@ def test_figure_images_prefer_novel_objects(demo_run):
     assert len(chosen) == 4 and chosen == sorted(chosen)
     assert all(2 <= len(val.boxes[i]) <= 4 for i in chosen)
     assert sum(any(int(c) in novel for c in val.labels[i]) for i in chosen) >= 2
+
+
+@pytest.mark.slow
+def test_default_demo_teacher_and_rpn_beat_chance(tmp_path):
+    """`make demo` as shipped (minutes): the teacher is clearly better than chance on retrieval and zero-shot
+    classification, and the RPN recalls base and novel objects."""
+    run_demo(tmp_path / "out", preset="default", cache_dir=tmp_path / "cache", progress=False)
+    summary = json.loads((tmp_path / "out" / "report.json").read_text())
+    teacher = summary["teachers"]["tiny"]
+    chance = teacher["chance"]
+    for direction in ("image_to_text", "text_to_image"):
+        assert teacher["retrieval"][direction] > 5 * teacher["retrieval_chance"][direction]
+    assert teacher["image_top1"] > 5 * chance and teacher["image_top5"] > 3 * (5 * chance)
+    assert teacher["image_present_top1"] > 2 * teacher["image_present_chance"]
+    assert teacher["region_top1"] > 5 * chance and teacher["region_top3"] > 3 * (3 * chance)
+    for group in ("base", "novel"):
+        assert summary["rpn"]["recall"][group]["300"] > 0.9

@@ -15,7 +15,7 @@ from regionclip.synthetic import WorldConfig, generate_world
 from regionclip.training import checkpointing
 from regionclip.training import rpn as rpn_training
 from regionclip.training.data import load_split
-from regionclip.training.loop import batch_indices, learning_rate, step_generator
+from regionclip.training.loop import TrainingRun, batch_indices, cached_training, learning_rate, step_generator
 from regionclip.training.metrics import (
     proposal_hits,
     proposal_recall,
@@ -197,6 +197,31 @@ def test_checkpoints_are_atomic_pruned_and_round_trip(tmp_path):
     saved = optimizer.state_dict()["state"][0]["exp_avg"]
     assert torch.equal(clone_optimizer.state_dict()["state"][0]["exp_avg"], saved)
     assert checkpointing.resume_latest(tmp_path / "none", clone) is None
+
+
+def test_cached_training_trains_once_and_again_when_an_output_is_lost(tmp_path):
+    calls = []
+    weights = tmp_path / "run" / "weights.bin"
+
+    def train(checkpoint_dir):
+        calls.append(checkpoint_dir)
+        checkpoint_dir.mkdir(parents=True)  # what run_training leaves behind
+        return TrainingRun(torch.nn.Linear(1, 1), [3.0, 2.0], step=2, steps_run=2, finished=True, seconds=1.5)
+
+    def save(run):
+        weights.write_bytes(b"w")
+        return {"extra": 7}
+
+    description = {"training": {"steps": 2}, "world": "abc"}
+    first = cached_training(tmp_path / "run", [weights], description, train, save)
+    assert first.trained_now and first.steps_run == 2 and len(calls) == 1
+    assert first.record == {"losses": [3.0, 2.0], "seconds": 1.5, "training": {"steps": 2}, "world": "abc", "extra": 7}
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == description
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    again = cached_training(tmp_path / "run", [weights], description, train, save)
+    assert not again.trained_now and again.record == first.record and len(calls) == 1
+    weights.unlink()
+    assert cached_training(tmp_path / "run", [weights], description, train, save).trained_now and len(calls) == 2
 
 
 # ---- short training runs -------------------------------------------------------------------------------

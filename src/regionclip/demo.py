@@ -78,17 +78,17 @@ class DemoPreset:
 
     @classmethod
     def default(cls) -> DemoPreset:
-        """``make demo``: 3.8 minutes measured on 2 idle CPU cores (up to ~8 when the machine is slow or busy).
+        """``make demo``: 6.4 minutes measured on 2 idle CPU cores (more when the machine is slow or busy).
 
-        The teacher is the ``tiny`` CLIP (64-px input): on 2 cores a 64-image step costs ~0.16 s for ``tiny`` and
-        ~0.5 s for ``small`` at the same input size. The pretraining split has 12,000 images (with 3,000 the
-        teacher memorises them), half of them iconic single-object close-ups; without those, CLIP trained from
-        scratch learns colours long before shapes and stays at chance on categories within this budget (see
-        docs/embedded-world.md)."""
+        The teacher is the ``tiny`` CLIP (64-px input): on 2 cores a 64-image step costs ~0.1 s for ``tiny`` and
+        ~0.3 s for ``small`` at the same input size; 3000 steps take ``tiny`` above the majority-class baseline.
+        The pretraining split has 12,000 images (with 3,000 the teacher memorises them), half of them iconic
+        single-object close-ups; without those, CLIP trained from scratch learns colours long before shapes and
+        stays at chance on categories within this budget (see docs/embedded-world.md)."""
         return cls(
             name="default",
             world=WorldConfig.default(num_pretrain=12_000),
-            teachers=(TeacherTrainConfig(model="tiny", steps=1600, batch_size=64, warmup_steps=50),),
+            teachers=(TeacherTrainConfig(model="tiny", steps=3000, batch_size=64, warmup_steps=50),),
             rpn=RPNTrainConfig(steps=300, batch_size=16),
         )
 
@@ -101,7 +101,7 @@ class DemoPreset:
             world=WorldConfig.full(num_pretrain=30_000),
             teachers=(
                 TeacherTrainConfig(model="tiny", steps=4000, batch_size=64, warmup_steps=100),
-                TeacherTrainConfig(model="small", image_size=64, steps=2400, batch_size=64, warmup_steps=100),
+                TeacherTrainConfig(model="small", image_size=64, steps=8000, batch_size=64, warmup_steps=100),
             ),
             rpn=RPNTrainConfig(steps=600, batch_size=16, warmup_steps=30),
         )

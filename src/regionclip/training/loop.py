@@ -8,7 +8,9 @@ augmentation depend only on (seed, step), a resumed run reproduces an uninterrup
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..utils import atomic_write_text
 from . import checkpointing
+
+RESULT_FILE = "training.json"  # written last in a run directory: its presence marks a finished, cached run
 
 
 class ScheduleConfig(Protocol):
@@ -137,3 +142,39 @@ def run_training(
         finished=step_reached >= config.steps,
         seconds=seconds_before + time.perf_counter() - started,
     )
+
+
+@dataclass
+class CachedRun:
+    """A finished run of `cached_training`: its ``training.json`` record (``losses``, ``seconds``, ...)."""
+
+    record: dict[str, Any]
+    trained_now: bool  # False when the cache already held the finished run
+    steps_run: int
+
+
+def cached_training(
+    run_dir: str | Path,
+    outputs: list[Path],
+    description: dict[str, Any],
+    train: Callable[[Path], TrainingRun],
+    save: Callable[[TrainingRun], dict[str, Any]],
+) -> CachedRun:
+    """The finished run in ``run_dir``, training (or resuming) it first when its record or an output is missing.
+
+    ``description`` (what determines the run: training config, world hash, ...) is written to ``config.json``
+    before training and into the record; ``train(checkpoint_dir)`` runs or resumes the training; ``save(run)``
+    writes the ``outputs`` and returns extra record fields. The record is written last, atomically, then the
+    intermediate checkpoints are deleted.
+    """
+    run_dir = Path(run_dir)
+    result_file = run_dir / RESULT_FILE
+    if result_file.is_file() and all(path.is_file() for path in outputs):
+        return CachedRun(json.loads(result_file.read_text(encoding="utf-8")), False, 0)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(description, indent=1))
+    run = train(run_dir / "checkpoints")
+    record = {"losses": run.losses, "seconds": run.seconds, **description, **save(run)}
+    atomic_write_text(result_file, json.dumps(record))
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return CachedRun(record, True, run.steps_run)

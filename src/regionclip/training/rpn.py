@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,13 +21,12 @@ import torch
 from ..checkpoints.detectron2_rpn import load_detectron2_rpn, save_detectron2_rpn
 from ..modeling.rpn import ProposalNetwork, RPNConfig
 from ..synthetic import World, WorldConfig
-from ..utils import atomic_write, atomic_write_text
+from ..utils import atomic_write
 from .data import SplitData, load_split
-from .loop import TrainingRun, batch_indices, run_training
+from .loop import TrainingRun, batch_indices, cached_training, run_training
 from .metrics import proposal_hits
 
 TRAINER_VERSION = "1"
-RESULT_FILE = "training.json"
 WEIGHTS_FILE = "rpn.pth"  # detectron2 layout {"model": state_dict}
 
 
@@ -244,24 +242,23 @@ def get_or_train_rpn(
 ) -> TrainedRPN:
     """The RPN of (config, world) from the cache, training (or resuming) it first if needed."""
     run_dir = rpn_run_dir(cache_root, world, config)
-    weights, result_file = run_dir / WEIGHTS_FILE, run_dir / RESULT_FILE
+    weights = run_dir / WEIGHTS_FILE
     rpn_config = config.rpn_config(world.config)
-    if result_file.is_file() and weights.is_file():
-        record = json.loads(result_file.read_text(encoding="utf-8"))
-        return TrainedRPN(run_dir, weights, rpn_config, record["losses"], config, False, 0, record["seconds"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        run_dir / "config.json",
-        json.dumps({"training": config.to_dict(), "network": rpn_config.to_dict(), "world": world.config.hash()}, indent=1),
+
+    def train(checkpoint_dir: Path) -> TrainingRun:
+        split = data if data is not None else load_split(world, "det_train", progress=progress)
+        return train_rpn(split, config, world.config, checkpoint_dir, progress=progress)
+
+    def save(run: TrainingRun) -> dict[str, Any]:
+        atomic_write(weights, lambda tmp: save_detectron2_rpn(run.module.freeze(), tmp))
+        return {}
+
+    description = {"training": config.to_dict(), "network": rpn_config.to_dict(), "world": world.config.hash()}
+    cached = cached_training(run_dir, [weights], description, train, save)
+    return TrainedRPN(
+        run_dir, weights, rpn_config, cached.record["losses"], config, cached.trained_now, cached.steps_run,
+        cached.record["seconds"],
     )
-    if data is None:
-        data = load_split(world, "det_train", progress=progress)
-    run = train_rpn(data, config, world.config, run_dir / "checkpoints", progress=progress)
-    atomic_write(weights, lambda tmp: save_detectron2_rpn(run.module.freeze(), tmp))
-    record = {"losses": run.losses, "seconds": run.seconds, "config": config.to_dict(), "world": world.config.hash()}
-    atomic_write_text(result_file, json.dumps(record))
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    return TrainedRPN(run_dir, weights, rpn_config, run.losses, config, True, run.steps_run, run.seconds)
 
 
 def rpn_loss_total(losses: Sequence[dict[str, float]]) -> list[float]:

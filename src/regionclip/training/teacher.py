@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,13 +31,11 @@ from ..config import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, ModelConfig
 from ..modeling.clip_parts import build_open_clip
 from ..synthetic import World
 from ..text.vocabulary import Vocabulary
-from ..utils import atomic_write_text
 from .data import SplitData, load_split
-from .loop import TrainingRun, batch_indices, run_training
+from .loop import TrainingRun, batch_indices, cached_training, run_training
 from .metrics import retrieval_chance, retrieval_recall_at_1, topk_accuracy
 
 TRAINER_VERSION = "2"  # bump when training changes what a given config produces (part of the cache key)
-RESULT_FILE = "training.json"  # written last: its presence marks a finished, cached run
 
 
 @dataclass(frozen=True)
@@ -449,25 +446,18 @@ def get_or_train_teacher(
 ) -> TrainedTeacher:
     """The teacher of (config, world) from the cache, training (or resuming) it first if needed."""
     run_dir = teacher_run_dir(cache_root, world, config)
-    result_file = run_dir / RESULT_FILE
     weights = run_dir / "model.safetensors"
-    if result_file.is_file() and weights.is_file():
-        record = json.loads(result_file.read_text(encoding="utf-8"))
-        return TrainedTeacher(run_dir, weights, record["losses"], config, False, 0, record["seconds"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps({"training": config.to_dict(), "world": world.config.hash()}, indent=1))
-    if data is None:
-        data = load_split(world, "pretrain", progress=progress)
-    run = train_teacher(data, config, run_dir / "checkpoints", progress=progress)
-    model = clip_to_regionclip(run.module, config.model_config())
-    model.save_pretrained(weights)
-    record = {
-        "losses": run.losses,
-        "seconds": run.seconds,
-        "logit_scale": float(run.module.logit_scale.detach().exp()),
-        "config": config.to_dict(),
-        "world": world.config.hash(),
-    }
-    atomic_write_text(result_file, json.dumps(record))
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    return TrainedTeacher(run_dir, weights, run.losses, config, True, run.steps_run, record["seconds"])
+
+    def train(checkpoint_dir: Path) -> TrainingRun:
+        split = data if data is not None else load_split(world, "pretrain", progress=progress)
+        return train_teacher(split, config, checkpoint_dir, progress=progress)
+
+    def save(run: TrainingRun) -> dict[str, Any]:
+        clip_to_regionclip(run.module, config.model_config()).save_pretrained(weights)
+        return {"logit_scale": float(run.module.logit_scale.detach().exp())}
+
+    description = {"training": config.to_dict(), "world": world.config.hash()}
+    cached = cached_training(run_dir, [weights], description, train, save)
+    return TrainedTeacher(
+        run_dir, weights, cached.record["losses"], config, cached.trained_now, cached.steps_run, cached.record["seconds"]
+    )
