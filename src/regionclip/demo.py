@@ -94,8 +94,9 @@ class DemoPreset:
 
     @classmethod
     def full(cls) -> DemoPreset:
-        """About 40-50 minutes on 2 idle cores: a larger world (30,000 pretraining images), the two teacher sizes
-        of appendix Table 2 (``tiny`` and ``small``, both at 64 px, each trained longer) and a longer RPN run."""
+        """About 50 minutes on 2 idle cores: a larger world (30,000 pretraining images), the two teacher sizes
+        of appendix Table 2 (``tiny`` and ``small``, both at 64 px, trained longer; ``small`` needs twice the steps
+        of ``tiny`` to become the better image model) and a longer RPN run."""
         return cls(
             name="full",
             world=WorldConfig.full(num_pretrain=30_000),
