@@ -213,15 +213,15 @@ def test_cached_training_trains_once_and_again_when_an_output_is_lost(tmp_path):
         return {"extra": 7}
 
     description = {"training": {"steps": 2}, "world": "abc"}
-    first = cached_training(tmp_path / "run", [weights], description, train, save)
+    first = cached_training(tmp_path / "run", weights, description, train, save)
     assert first.trained_now and first.steps_run == 2 and len(calls) == 1
     assert first.record == {"losses": [3.0, 2.0], "seconds": 1.5, "training": {"steps": 2}, "world": "abc", "extra": 7}
     assert json.loads((tmp_path / "run" / "config.json").read_text()) == description
     assert not (tmp_path / "run" / "checkpoints").exists()
-    again = cached_training(tmp_path / "run", [weights], description, train, save)
+    again = cached_training(tmp_path / "run", weights, description, train, save)
     assert not again.trained_now and again.record == first.record and len(calls) == 1
     weights.unlink()
-    assert cached_training(tmp_path / "run", [weights], description, train, save).trained_now and len(calls) == 2
+    assert cached_training(tmp_path / "run", weights, description, train, save).trained_now and len(calls) == 2
 
 
 # ---- short training runs -------------------------------------------------------------------------------

@@ -155,21 +155,21 @@ class CachedRun:
 
 def cached_training(
     run_dir: str | Path,
-    outputs: list[Path],
+    output: Path,
     description: dict[str, Any],
     train: Callable[[Path], TrainingRun],
     save: Callable[[TrainingRun], dict[str, Any]],
 ) -> CachedRun:
-    """The finished run in ``run_dir``, training (or resuming) it first when its record or an output is missing.
+    """The finished run in ``run_dir``, training (or resuming) it first when its record or ``output`` is missing.
 
     ``description`` (what determines the run: training config, world hash, ...) is written to ``config.json``
     before training and into the record; ``train(checkpoint_dir)`` runs or resumes the training; ``save(run)``
-    writes the ``outputs`` and returns extra record fields. The record is written last, atomically, then the
-    intermediate checkpoints are deleted.
+    writes ``output`` (the trained weights) and returns extra record fields. The record is written last,
+    atomically, then the intermediate checkpoints are deleted.
     """
     run_dir = Path(run_dir)
     result_file = run_dir / RESULT_FILE
-    if result_file.is_file() and all(path.is_file() for path in outputs):
+    if result_file.is_file() and output.is_file():
         return CachedRun(json.loads(result_file.read_text(encoding="utf-8")), False, 0)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(description, indent=1))

@@ -254,7 +254,7 @@ def get_or_train_rpn(
         return {}
 
     description = {"training": config.to_dict(), "network": rpn_config.to_dict(), "world": world.config.hash()}
-    cached = cached_training(run_dir, [weights], description, train, save)
+    cached = cached_training(run_dir, weights, description, train, save)
     return TrainedRPN(
         run_dir, weights, rpn_config, cached.record["losses"], config, cached.trained_now, cached.steps_run,
         cached.record["seconds"],

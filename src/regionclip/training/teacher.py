@@ -457,7 +457,7 @@ def get_or_train_teacher(
         return {"logit_scale": float(run.module.logit_scale.detach().exp())}
 
     description = {"training": config.to_dict(), "world": world.config.hash()}
-    cached = cached_training(run_dir, [weights], description, train, save)
+    cached = cached_training(run_dir, weights, description, train, save)
     return TrainedTeacher(
         run_dir, weights, cached.record["losses"], config, cached.trained_now, cached.steps_run, cached.record["seconds"]
     )
