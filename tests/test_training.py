@@ -12,10 +12,10 @@ from torch.nn import functional as F
 
 from regionclip import RegionCLIP
 from regionclip.synthetic import WorldConfig, generate_world
-from regionclip.training import checkpointing
+from regionclip.engine import checkpointing
+from regionclip.engine.loop import TrainingRun, batch_indices, cached_training, step_generator
 from regionclip.training import rpn as rpn_training
 from regionclip.training.data import load_split
-from regionclip.training.loop import TrainingRun, batch_indices, cached_training, learning_rate, step_generator
 from regionclip.training.metrics import (
     proposal_hits,
     proposal_recall,
@@ -121,10 +121,10 @@ def test_proposal_recall_on_hand_boxes():
 
 
 def test_learning_rate_warmup_and_cosine():
-    config = TeacherTrainConfig(model="tiny", steps=12, lr=1e-3, warmup_steps=4, min_lr_ratio=0.1)
-    assert [learning_rate(s, config) for s in range(4)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
-    assert learning_rate(8, config) == pytest.approx(1e-4 + 0.9e-3 * 0.5)  # half-way through the cosine
-    assert learning_rate(12, config) == pytest.approx(1e-4)
+    learning_rate = TeacherTrainConfig(model="tiny", steps=12, lr=1e-3, warmup_steps=4, min_lr_ratio=0.1).schedule()
+    assert [learning_rate(s) for s in range(4)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert learning_rate(8) == pytest.approx(1e-4 + 0.9e-3 * 0.5)  # half-way through the cosine
+    assert learning_rate(12) == pytest.approx(1e-4)
 
 
 def test_batches_cover_each_epoch_once_and_repeat():

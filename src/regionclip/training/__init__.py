@@ -1,4 +1,5 @@
-"""Training in the embedded synthetic world: the CLIP teacher, the class-agnostic RPN, checkpoints and metrics.
+"""Training in the embedded synthetic world: the CLIP teacher, the class-agnostic RPN and metrics (on the loop of
+`regionclip.engine`).
 
 >>> from regionclip.synthetic import WorldConfig, generate_world
 >>> from regionclip.training import TeacherTrainConfig, RPNTrainConfig, get_or_train_teacher, get_or_train_rpn
@@ -10,7 +11,6 @@ Every trained model is cached under ``<cache>/teacher-<size>-<hash>`` / ``rpn-<h
 config, the network shape, the world and the seed); interrupted runs resume from their newest checkpoint.
 """
 
-from .checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint, resume_latest, save_checkpoint
 from .data import SplitData, load_split
 from .metrics import proposal_hits, proposal_recall, retrieval_chance, retrieval_recall_at_1, topk_accuracy
 from .rpn import RPNTrainConfig, TrainedRPN, evaluate_rpn, get_or_train_rpn, train_rpn, world_anchor_sizes
@@ -38,16 +38,11 @@ __all__ = [
     "get_or_train_rpn",
     "get_or_train_teacher",
     "image_embeddings",
-    "latest_checkpoint",
-    "list_checkpoints",
-    "load_checkpoint",
     "load_split",
     "proposal_hits",
     "proposal_recall",
-    "resume_latest",
     "retrieval_chance",
     "retrieval_recall_at_1",
-    "save_checkpoint",
     "topk_accuracy",
     "train_rpn",
     "train_teacher",

@@ -19,11 +19,13 @@ from typing import Any, Sequence
 import torch
 
 from ..checkpoints.detectron2_rpn import load_detectron2_rpn, save_detectron2_rpn
+from ..engine.loop import TrainingRun, batch_indices, cached_training, run_training
+from ..engine.optim import build_optimizer
+from ..engine.schedules import WarmupCosine
 from ..modeling.rpn import ProposalNetwork, RPNConfig
 from ..synthetic import World, WorldConfig
 from ..utils import atomic_write
 from .data import SplitData, load_split
-from .loop import TrainingRun, batch_indices, cached_training, run_training
 from .metrics import proposal_hits
 
 TRAINER_VERSION = "1"
@@ -83,6 +85,9 @@ class RPNTrainConfig:
             post_nms_topk_test=1000,
             nms_thresh=0.7,
         )
+
+    def schedule(self) -> WarmupCosine:
+        return WarmupCosine(self.lr, self.steps, self.warmup_steps, self.min_lr_ratio)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -154,9 +159,10 @@ def train_rpn(
     def postfix(record: dict[str, float]) -> dict[str, str]:
         return {"cls": f"{record['loss_rpn_cls']:.3f}", "loc": f"{record['loss_rpn_loc']:.3f}"}
 
-    optimizer = torch.optim.AdamW(rpn.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = build_optimizer(rpn, "adamw", config.lr, config.weight_decay)
     return run_training(
-        rpn, optimizer, config, step_fn, checkpoint_dir, "rpn", progress=progress, stop_after=stop_after, postfix=postfix
+        rpn, optimizer, config, step_fn, checkpoint_dir, "rpn", schedule=config.schedule(), progress=progress,
+        stop_after=stop_after, postfix=postfix,
     )
 
 

@@ -28,11 +28,13 @@ from torch.nn import functional as F
 from ..api import RegionCLIP
 from ..checkpoints.clip_weights import split_checkpoint
 from ..config import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, ModelConfig
+from ..engine.loop import TrainingRun, batch_indices, cached_training, run_training
+from ..engine.optim import build_optimizer
+from ..engine.schedules import WarmupCosine
 from ..modeling.clip_parts import build_open_clip
 from ..synthetic import World
 from ..text.vocabulary import Vocabulary
 from .data import SplitData, load_split
-from .loop import TrainingRun, batch_indices, cached_training, run_training
 from .metrics import retrieval_chance, retrieval_recall_at_1, topk_accuracy
 
 TRAINER_VERSION = "2"  # bump when training changes what a given config produces (part of the cache key)
@@ -87,6 +89,9 @@ class TeacherTrainConfig:
             config.name = self.label
             config.vision = dataclasses.replace(config.vision, image_size=int(self.image_size))
         return config
+
+    def schedule(self) -> WarmupCosine:
+        return WarmupCosine(self.lr, self.steps, self.warmup_steps, self.min_lr_ratio)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -197,15 +202,9 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def clip_no_decay(name: str, param: nn.Parameter) -> bool:
     """CLIP's convention: no weight decay on gains, biases, norms and the logit scale."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        exempt = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
-        (no_decay if exempt else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
 
 
 def build_teacher(config: TeacherTrainConfig) -> nn.Module:
@@ -222,8 +221,8 @@ def build_teacher(config: TeacherTrainConfig) -> nn.Module:
 def make_optimizer(clip: nn.Module, config: TeacherTrainConfig) -> torch.optim.Optimizer:
     # β2 = 0.98 and ε = 1e-6 as CLIP uses for its ResNets (large-batch contrastive training is noisy). The fused
     # kernel updates the 49k-row token embedding ~6x faster than the per-tensor loop on CPU.
-    return torch.optim.AdamW(
-        parameter_groups(clip, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6, fused=True
+    return build_optimizer(
+        clip, "adamw", config.lr, config.weight_decay, no_decay=clip_no_decay, betas=(0.9, 0.98), eps=1e-6, fused=True
     )
 
 
@@ -272,7 +271,7 @@ def train_teacher(
 
     return run_training(
         clip, make_optimizer(clip, config), config, step_fn, checkpoint_dir, f"teacher {config.label}",
-        progress=progress, stop_after=stop_after, after_step=clamp_logit_scale,
+        schedule=config.schedule(), progress=progress, stop_after=stop_after, after_step=clamp_logit_scale,
     )
 
 

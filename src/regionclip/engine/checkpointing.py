@@ -1,4 +1,4 @@
-"""Resumable, atomic training checkpoints.
+"""Resumable, atomic training checkpoints (the run state: weights, optimizer, step, history).
 
 A checkpoint is a directory ``<run>/checkpoints/step-<step:08d>/`` holding
 
@@ -8,6 +8,9 @@ A checkpoint is a directory ``<run>/checkpoints/step-<step:08d>/`` holding
 
 It is written into a hidden temporary sibling and renamed into place, so a directory named ``step-*`` is
 always complete; a run killed mid-write leaves only a ``.tmp-*`` directory, which is ignored and cleaned up.
+Weights are those of the bare model: a DDP wrapper is looked through, so no key carries its ``module.`` prefix and
+a checkpoint written by N ranks loads into a single process and back. (Released weight files are read by
+`regionclip.checkpoints`, not here.)
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .distributed import unwrap_model
+
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})$")
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.pt", "state.json"
 
 
 def _plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     # safetensors refuses shared or strided storage; channels_last weights are stored in standard layout.
-    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in unwrap_model(module).state_dict().items()}
 
 
 def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
@@ -90,15 +95,16 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(
+def load_run_state(
     path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
 ) -> dict[str, Any]:
-    """Load a checkpoint directory into ``model`` (strictly) and ``optimizer``; returns its ``state.json``."""
+    """Load a checkpoint directory into ``model`` (strictly; a DDP wrapper's inner model) and ``optimizer``;
+    returns its ``state.json``."""
     path = Path(path)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {STATE_FILE})")
     weights = load_file(str(path / MODEL_FILE))
-    model.load_state_dict(weights, strict=True)
+    unwrap_model(model).load_state_dict(weights, strict=True)
     if optimizer is not None:
         if not (path / OPTIMIZER_FILE).is_file():
             raise FileNotFoundError(f"{path} has no optimizer state")
@@ -111,7 +117,7 @@ def resume_latest(
 ) -> dict[str, Any] | None:
     """Load the newest checkpoint under ``directory`` if there is one; returns its state or ``None``."""
     path = latest_checkpoint(directory)
-    return None if path is None else load_checkpoint(path, model, optimizer)
+    return None if path is None else load_run_state(path, model, optimizer)
 
 
 def check_same_run(state: dict[str, Any] | None, config: dict[str, Any], directory: str | Path) -> None:
