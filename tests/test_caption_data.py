@@ -83,6 +83,12 @@ def test_shard_stream_union_of_ranks_is_the_single_process_batch_and_workers_do_
     # each slot reads one whole shard per epoch here (4 shards, 4 slots): 6 steps = every sample exactly once
     keys = Counter(k for batch in single[:6] for k in batch.keys)
     assert sorted(keys) == [f"{i:05d}" for i in range(24)] and set(keys.values()) == {1}
+    slot_orders = [[batch.keys[j] for batch in single[:6]] for j in range(4)]
+    assert any(order != sorted(order) for order in slot_orders)  # the buffer shuffles within a shard
+    unshuffled = _batches(caption_loader(shards, StepPlan(4, seed=3), KEEP_SIZE, num_steps=6, shuffle_buffer=1))
+    for j in range(4):  # a one-record buffer keeps each shard's file order
+        order = [int(batch.keys[j]) for batch in unshuffled]
+        assert order == list(range(order[0], order[0] + 6)) and order[0] % 6 == 0
     again = _batches(caption_loader(shards, StepPlan(4, seed=3), KEEP_SIZE, num_steps=8, shuffle_buffer=3))
     assert [_summary(b) for b in again] == [_summary(b) for b in single]
     other_seed = _batches(caption_loader(shards, StepPlan(4, seed=4), KEEP_SIZE, num_steps=8, shuffle_buffer=3))

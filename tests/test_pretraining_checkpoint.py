@@ -100,6 +100,16 @@ def test_tiny_pretraining_file_loads_strictly_and_as_a_regionclip_student(tmp_pa
         assert torch.equal(loaded.state_dict()[key], value), key
     loaded_rpn = loaded.rpn.state_dict()  # FrozenBN: the tiny RPN's BatchNorm counters are not in the file
     assert all(torch.equal(loaded_rpn[k], v) for k, v in rpn.state_dict().items() if not k.endswith("num_batches_tracked"))
+    # an RPN passed separately replaces the file's own, whose keys are then reported as ignored
+    torch.manual_seed(9)
+    other_rpn = rpn_state_dict_for_detectron2(ProposalNetwork(RPNConfig.tiny("fpn")))
+    replaced, replaced_report = read_pretraining_checkpoint(path, rpn=other_rpn)
+    ignored = set(replaced_report.ignored_keys)
+    assert replaced_report.ok and set(weights.rpn) <= ignored
+    assert all(k.endswith("num_batches_tracked") for k in ignored - set(weights.rpn))  # the passed RPN's BN counters
+    assert all(torch.equal(v, other_rpn[k[len("offline_") :]]) for k, v in replaced.rpn.items())
+    assert not torch.equal(replaced.rpn["offline_proposal_generator.rpn_head.conv.weight"],
+                           weights.rpn["offline_proposal_generator.rpn_head.conv.weight"])
 
 
 def test_strict_reading_reports_missing_unused_and_mismatched_keys(tmp_path):

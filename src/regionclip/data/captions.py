@@ -360,12 +360,11 @@ def caption_loader(
     num_steps: int | None = None,
     num_workers: int = 0,
     shuffle_buffer: int = 1000,
-    pin_memory: bool = False,
 ) -> DataLoader:
     """A DataLoader of `PretrainBatch` es for this rank, one per step from ``start_step`` (endless unless
     ``num_steps``). ``source``: an indexable `CaptionPairs` or webdataset shard path(s) / brace pattern(s)."""
     transform = transform or PretrainTransform()
-    common = dict(num_workers=num_workers, collate_fn=collate_pretrain, pin_memory=pin_memory)
+    common = dict(num_workers=num_workers, collate_fn=collate_pretrain)
     if isinstance(source, (str, Path)) or (isinstance(source, Sequence) and not hasattr(source, "record")):
         stream = CaptionShardStream(
             source, plan, transform, shuffle_buffer=shuffle_buffer, start_step=start_step, num_steps=num_steps
