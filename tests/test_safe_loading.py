@@ -260,6 +260,18 @@ def test_crafted_archive_pickle_calls_nothing(tmp_path):
     assert not marker.exists()
 
 
+def test_archive_with_a_short_storage_record_is_refused(tmp_path):
+    path, short = tmp_path / "assorted.pt", tmp_path / "short.pt"
+    torch.jit.save(torch.jit.script(Assorted()), str(path))
+    with zipfile.ZipFile(path) as archive, zipfile.ZipFile(short, "w") as out:
+        for info in archive.infolist():
+            data = archive.read(info)
+            out.writestr(info, data[:-8] if info.filename == "assorted/data/0" else data)
+    with pytest.raises(ValueError, match=r"storage record assorted/data/0 has \d+ bytes, \d+ expected") as error:
+        read_torchscript_state_dict(short)
+    _assert_one_clear_line(str(error.value), short)
+
+
 # ---- NaN / Inf weights ---------------------------------------------------------------------------------------
 
 
