@@ -11,12 +11,28 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RegionCLIP: zero-shot recognition of image regions.")
 
 
+BRANCHES = ("student", "teacher")
+
+
 def _load_model(spec: str, device: Optional[str]):
-    """``PATH`` or ``NAME`` with an optional ``@teacher`` / ``@student`` branch suffix."""
+    """``PATH`` or ``NAME`` with an optional ``@teacher`` / ``@student`` branch suffix. A spec naming an existing
+    file or directory is taken whole (file names may contain ``@``). Load failures end the command with one line."""
     from .api import RegionCLIP
 
-    path, _, branch = spec.partition("@")
-    return RegionCLIP.from_pretrained(path, branch=branch or "student", device=device)
+    path, branch = spec, "student"
+    if not Path(spec).exists() and "@" in spec:
+        path, _, branch = spec.rpartition("@")
+        if branch not in BRANCHES:
+            typer.echo(
+                f"Error: {spec}: no such weights file, and {branch!r} is not a branch (use @student or @teacher)",
+                err=True,
+            )
+            raise typer.Exit(2)
+    try:
+        return RegionCLIP.from_pretrained(path, branch=branch, device=device)
+    except (OSError, ValueError) as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 OUTPUT_FORMATS = ("coco", "hf", "regions")

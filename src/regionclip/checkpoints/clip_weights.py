@@ -1,7 +1,8 @@
 """Reading and writing the weight files of CLIP-based region models.
 
 Formats read (official-facts §6):
-- OpenAI CLIP (``visual.*`` + text keys; TorchScript archives such as ``RN50.pt`` or plain state dicts) and
+- OpenAI CLIP (``visual.*`` + text keys; TorchScript archives such as ``RN50.pt``, read as data by
+  `regionclip.checkpoints.torchscript`, or plain state dicts) and
   open_clip checkpoints (``{"state_dict": ...}``, optional ``module.`` prefix);
 - official RegionCLIP / detectron2 ``.pth`` files ``{"model": state_dict}`` with ``backbone.*`` (student),
   ``teacher_backbone.*`` (teacher), ``lang_encoder.*`` (text), ``roi_heads.box_predictor.*`` (classifier) and the
@@ -11,17 +12,16 @@ Formats read (official-facts §6):
 
 from __future__ import annotations
 
-import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..config import InputConfig, ModelConfig, TextConfig, VisionConfig
 from ..utils import atomic_write
+from .io import load_pickled_weights, require_finite
 
 TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
 # Keys of OpenAI/open_clip files that carry no weights we use (the zero-shot classifier has its own temperature;
@@ -45,37 +45,35 @@ class CheckpointParts:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def _is_torchscript_archive(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
-
-
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a weight file; pickles are read with ``weights_only=True``."""
+    """Tensors and metadata of a weight file, read as data only (safetensors, pickles with ``weights_only=True``,
+    TorchScript archives without running their code); empty files and NaN/Inf weights are refused."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
-    if _is_torchscript_archive(path):
-        # OpenAI's released RN50.pt / RN50x4.pt are TorchScript archives; their state dict is all we take.
-        with warnings.catch_warnings():  # jit.load is deprecated, but it is the only reader of these archives
-            warnings.simplefilter("ignore", FutureWarning)
-            module = torch.jit.load(str(path), map_location="cpu")
-        return {k: v.detach().clone() for k, v in module.state_dict().items()}, {}
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: not a state dict of tensors")
-    if obj and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return obj, {}
+        if path.stat().st_size == 0:
+            raise ValueError(f"{path} is empty (0 bytes): no weights to load")
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                tensors, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
+        except SafetensorError as error:
+            raise ValueError(f"{path} is not a readable safetensors file ({error})") from None
+    else:
+        obj, metadata = load_pickled_weights(path), {}
+        for wrapper in ("model", "state_dict"):
+            if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+                obj = obj[wrapper]
+                break
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise ValueError(f"{path}: not a state dict of tensors")
+        tensors = obj
+    if not tensors:
+        raise ValueError(f"{path} holds no tensors (an empty state dict)")
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    require_finite(tensors, path)
+    return tensors, metadata
 
 
 def split_checkpoint(state_dict: dict[str, torch.Tensor], branch: str = "student") -> CheckpointParts:

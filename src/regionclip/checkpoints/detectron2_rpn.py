@@ -1,7 +1,8 @@
 """Load detectron2 / RegionCLIP RPN checkpoints into `ProposalNetwork`.
 
-Accepted inputs: a ``.pth`` path (``{"model": state_dict, ...}`` or a bare state dict, read with
-``torch.load(weights_only=True)``) or an in-memory state dict. Two key layouts:
+Accepted inputs: a ``.pth`` path (``{"model": state_dict, ...}`` or a bare state dict, read as data by
+`regionclip.checkpoints.io.load_pickled_weights`) or an in-memory state dict; NaN/Inf weights are refused.
+Two key layouts:
 
 * plain detectron2 (``rpn_lvis_866.pth``, ``rpn_coco_48.pth``, ...): ``backbone.bottom_up.*`` +
   ``backbone.fpn_*`` (FPN) or ``backbone.stem/res2..res4.*`` (C4), and ``proposal_generator.rpn_head.*``;
@@ -19,7 +20,6 @@ ignored for FrozenBN (detectron2's FrozenBN has none) and never reported missing
 from __future__ import annotations
 
 import dataclasses
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ import torch
 
 from ..modeling.rpn.config import RESNET_BLOCKS_BY_DEPTH, RPNConfig
 from ..modeling.rpn.network import ProposalNetwork
+from .io import load_pickled_weights, require_finite
 
 RPN_PREFIXES = ("backbone.", "proposal_generator.")
 REGIONCLIP_PREFIX = "offline_"
@@ -75,18 +76,13 @@ class LoadReport:
 
 
 def read_detectron2_checkpoint(path_or_state_dict: str | Path | Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The model state dict of a detectron2 ``.pth`` (``{"model": ...}`` or bare); non-tensor entries dropped."""
+    """The model state dict of a detectron2 ``.pth`` (``{"model": ...}`` or bare); non-tensor entries dropped,
+    NaN/Inf weights refused."""
     if isinstance(path_or_state_dict, (str, Path)):
         path = Path(path_or_state_dict)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise ValueError(
-                f"{path} could not be read with torch.load(weights_only=True) (it holds non-tensor objects, e.g. a "
-                f"detectron2 model-zoo .pkl of numpy arrays); convert it to a plain tensor state dict first: {err}"
-            ) from err
+        data = load_pickled_weights(path)
     else:
         data = path_or_state_dict
     if not isinstance(data, Mapping):
@@ -94,10 +90,12 @@ def read_detectron2_checkpoint(path_or_state_dict: str | Path | Mapping[str, Any
     if "model" in data and isinstance(data["model"], Mapping):
         data = data["model"]
     state = {str(k): v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    source = path_or_state_dict if isinstance(path_or_state_dict, (str, Path)) else "RPN state dict"
     if not state:
-        raise ValueError("the checkpoint holds no tensors")
+        raise ValueError(f"{source}: the checkpoint holds no tensors")
     if all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
         state = {k[len("module.") :]: v for k, v in state.items()}
+    require_finite(state, source)
     return state
 
 

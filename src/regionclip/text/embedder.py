@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from open_clip.tokenizer import SimpleTokenizer
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..checkpoints.io import require_finite
 from ..utils import atomic_write
 from .templates import prompt_name, resolve_templates
 from .vocabulary import Vocabulary
@@ -32,6 +35,20 @@ def module_fingerprint(module: nn.Module) -> str:
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+def _read_cached_embeddings(path: Path, rows: int) -> torch.Tensor | None:
+    """The ``[rows, D]`` embeddings of a cache file, or None (with a warning naming the file) when it is damaged,
+    so the caller rebuilds it."""
+    try:
+        embeddings = load_file(path)["embeddings"]
+        if embeddings.ndim != 2 or embeddings.shape[0] != rows or not embeddings.is_floating_point():
+            raise ValueError(f"holds a {tuple(embeddings.shape)} {embeddings.dtype} tensor, not [{rows}, D] floats")
+        require_finite({"embeddings": embeddings}, path)
+    except (SafetensorError, OSError, KeyError, ValueError) as error:
+        warnings.warn(f"text-embedding cache {path} is unreadable ({error}); rebuilding it", stacklevel=3)
+        return None
+    return embeddings
 
 
 class TextEmbedder:
@@ -81,7 +98,9 @@ class TextEmbedder:
         resolved = resolve_templates(templates if isinstance(templates, str) else tuple(templates))
         path = self.cache_path(prompts, resolved) if use_cache else None
         if path is not None and path.is_file():
-            return load_file(path)["embeddings"]
+            cached = _read_cached_embeddings(path, len(prompts))
+            if cached is not None:
+                return cached
         names_per_batch = max(1, self.batch_size // len(resolved))
         rows = []
         for start in tqdm(
