@@ -78,7 +78,8 @@ class TextEmbedder:
         tokens = self.tokenizer(list(texts))
         order = tokens.argmax(dim=-1).argsort(stable=True)  # by EOT position, i.e. by length
         with autocast(self.precision, self.device):
-            features = torch.cat([self.encoder(tokens[batch].to(self.device)).float() for batch in order.split(self.batch_size)])
+            batches = order.split(self.batch_size)
+            features = torch.cat([self.encoder(tokens[batch].to(self.device)).float() for batch in batches])
         restored = torch.empty_like(features)
         restored[order.to(features.device)] = features
         return restored.cpu()
