@@ -10,6 +10,7 @@ from regionclip import ModelConfig, RegionCLIP
 from regionclip.checkpoints import infer_config, load_checkpoint, read_state_dict, split_checkpoint
 from regionclip.checkpoints.detectron2_rpn import rpn_state_dict_for_detectron2
 from regionclip.modeling.clip_parts import build_open_clip
+from regionclip.modeling.frozen_bn import fold_batchnorm
 from regionclip.modeling.rpn import ProposalNetwork, RPNConfig
 
 BOXES = [[0, 0, 64, 64], [10, 5, 50, 60]]
@@ -20,6 +21,10 @@ def _image() -> torch.Tensor:
 
 
 def _embeddings(model: RegionCLIP) -> torch.Tensor:
+    """Region embeddings with the BatchNorms folded, as ``from_pretrained`` prepares a model, so that a loaded
+    model and its in-memory reference run the same arithmetic and compare exactly."""
+    fold_batchnorm(model.trunk)
+    fold_batchnorm(model.head)
     return model.embed_regions(_image(), BOXES, normalize=False)[0]
 
 

@@ -19,7 +19,9 @@ from .data.images import ImageInput, PreparedImage, prepare_image
 from .detection import DetectionConfig, fuse_scores, select_detections
 from .modeling.classifier import TextEmbeddingClassifier
 from .modeling.clip_parts import CLIPTextEncoder, build_open_clip, build_visual, split_visual
+from .modeling.frozen_bn import fold_batchnorm
 from .modeling.rpn import RPNConfig
+from .precision import autocast
 from .results import RegionPredictions
 from .text.embedder import TextEmbedder
 from .text.vocabulary import Vocabulary
@@ -41,7 +43,11 @@ def _as_boxes(boxes: object) -> torch.Tensor:
 class RegionCLIP(nn.Module):
     """CLIP's visual tower applied to regions (trunk → RoIAlign → res5 + attention pool), CLIP's text tower for
     vocabularies, and the zero-shot classifier. Parts are swappable attributes: ``trunk``, ``pooler``, ``head``,
-    ``text_encoder``, ``classifier``."""
+    ``text_encoder``, ``classifier``.
+
+    ``precision`` (`regionclip.precision`): ``"fp32"`` (default, exact) or ``"bf16"`` / ``"fp16"`` (CUDA only),
+    applied as autocast around the region head, the RPN and the text encoder; the trunk and RoIAlign stay fp32,
+    weights stay fp32 and every output is fp32."""
 
     def __init__(
         self,
@@ -65,7 +71,21 @@ class RegionCLIP(nn.Module):
         # channels_last makes the per-region res5 convolutions ~25 % faster on CPU (benchmarks/zeroshot_inference.py)
         self.head.to(memory_format=torch.channels_last)
         self._embedder: TextEmbedder | None = None
+        self._precision = "fp32"
         self.eval()
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        autocast(value, self.device)  # refuses unknown names and fp16 off CUDA before anything runs
+        self._precision = value
+
+    def autocast(self):
+        """The autocast context of ``self.precision`` on the model's device (nothing for fp32)."""
+        return autocast(self.precision, self.device)
 
     # ---- construction ----------------------------------------------------------------------------
     @classmethod
@@ -120,13 +140,19 @@ class RegionCLIP(nn.Module):
         device: str | torch.device | None = None,
         config: ModelConfig | None = None,
         rpn: str | Path | None = None,
+        precision: str = "fp32",
     ) -> RegionCLIP:
-        """Load weights from a local file or directory, or OpenAI CLIP through open_clip by name (``"RN50"``).
+        """Load weights from a local file or directory, or OpenAI CLIP through open_clip by name (``"RN50"``),
+        as an inference model: the frozen BatchNorms of the trunk and region head are folded into their
+        convolutions (`fold_batchnorm`: outputs equal within float rounding, state dict unchanged), and
+        ``precision`` is ``"fp32"`` (exact), ``"bf16"`` or ``"fp16"`` (CUDA only).
 
         Files: OpenAI ``RN50.pt`` (TorchScript or state dict), open_clip checkpoints, official RegionCLIP / detectron2
         ``.pth`` (``branch="teacher"`` picks ``teacher_backbone.*``), and this project's ``.safetensors``.
         An RPN inside the file (``offline_*`` keys) is attached; ``rpn=`` loads one from a separate detectron2 file.
         """
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        autocast(precision, device)  # an unknown precision, or fp16 off CUDA, fails before the weights load
         path = Path(name_or_path)
         if path.is_dir():
             path = path / WEIGHTS_FILENAME
@@ -141,8 +167,11 @@ class RegionCLIP(nn.Module):
         model = cls.from_parts(parts, config)
         if rpn is not None:
             model.attach_rpn(rpn)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return model.to(device)
+        fold_batchnorm(model.trunk)
+        fold_batchnorm(model.head)
+        model = model.to(device)
+        model.precision = precision
+        return model
 
     def openai_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights under OpenAI CLIP names (``visual.*`` and the text keys)."""
@@ -193,9 +222,10 @@ class RegionCLIP(nn.Module):
             features = self.trunk(batch)
             pooled = self.pooler(features, [input_boxes[i].to(self.device) for i in indices])
             pooled = pooled.contiguous(memory_format=torch.channels_last)
-            embeddings = torch.cat(
-                [self.head(chunk) for chunk in pooled.split(self.region_batch_size)]
-            ) if len(pooled) else pooled.new_zeros(0, self.config.embed_dim)
+            with self.autocast():
+                embeddings = torch.cat(
+                    [self.head(chunk).float() for chunk in pooled.split(self.region_batch_size)]
+                ) if len(pooled) else pooled.new_zeros(0, self.config.embed_dim)
             for i, chunk in zip(indices, embeddings.split([len(input_boxes[i]) for i in indices])):
                 outputs[i] = chunk.float()
         return outputs  # type: ignore[return-value]
@@ -242,6 +272,7 @@ class RegionCLIP(nn.Module):
             )
         if self._embedder is None or self._embedder.encoder is not self.text_encoder:
             self._embedder = TextEmbedder(self.text_encoder)
+        self._embedder.precision = self.precision
         return self._embedder
 
     def embed_vocabulary(
@@ -384,11 +415,12 @@ def _detect_batch(
         if model.rpn is None:
             raise ValueError("detect() needs proposals: attach an RPN (model.rpn or from_pretrained(..., rpn=...)) or pass boxes")
         model.rpn.eval()
-        proposals = model.rpn(
-            [p.pixels for p in prepared], nms_thresh=config.rpn_nms_threshold, post_nms_topk=config.num_proposals
-        )
-        input_boxes = [p.boxes.to(model.device) for p in proposals]
-        objectness: list[torch.Tensor | None] = [p.objectness_logits.to(model.device) for p in proposals]
+        with model.autocast():
+            proposals = model.rpn(
+                [p.pixels for p in prepared], nms_thresh=config.rpn_nms_threshold, post_nms_topk=config.num_proposals
+            )
+        input_boxes = [p.boxes.to(model.device, torch.float32) for p in proposals]
+        objectness: list[torch.Tensor | None] = [p.objectness_logits.to(model.device, torch.float32) for p in proposals]
         fusion = config.score_fusion
     else:
         input_boxes = [p.to_input_boxes(b).to(model.device) for p, b in zip(prepared, given_boxes)]

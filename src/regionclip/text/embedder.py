@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoints.io import require_finite
+from ..precision import autocast, check_precision
 from ..utils import atomic_write
 from .templates import prompt_name, resolve_templates
 from .vocabulary import Vocabulary
@@ -37,6 +38,11 @@ def module_fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+# embed_names hands the encoder this many batches of prompts at a time, so that sorting them by length groups
+# prompts of similar length into the same batch.
+SORT_WINDOW_BATCHES = 32
+
+
 def _read_cached_embeddings(path: Path, rows: int) -> torch.Tensor | None:
     """The ``[rows, D]`` embeddings of a cache file, or None (with a warning naming the file) when it is damaged,
     so the caller rebuilds it."""
@@ -53,13 +59,17 @@ def _read_cached_embeddings(path: Path, rows: int) -> torch.Tensor | None:
 
 class TextEmbedder:
     """Turns names into ``[N, D]`` un-normalised embeddings: the mean of the projected EOT features over the
-    prompt templates (official recipe), cached on disk by (text-weights fingerprint, templates, names)."""
+    prompt templates (official recipe), cached on disk by (text-weights fingerprint, templates, names, and the
+    precision when it is not fp32)."""
 
-    def __init__(self, encoder: nn.Module, cache_dir: str | Path | None = None, batch_size: int = 256) -> None:
+    def __init__(
+        self, encoder: nn.Module, cache_dir: str | Path | None = None, batch_size: int = 256, precision: str = "fp32"
+    ) -> None:
         self.encoder = encoder
         self.tokenizer = SimpleTokenizer(context_length=encoder.context_length)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "text_embeddings"
         self.batch_size = batch_size
+        self.precision = check_precision(precision)
         self._fingerprint: tuple[int, str] | None = None
 
     @property
@@ -75,15 +85,27 @@ class TextEmbedder:
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """Projected EOT features of raw texts, ``[N, D]``, un-normalised."""
-        outputs = []
-        for start in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(list(texts[start : start + self.batch_size])).to(self.device)
-            outputs.append(self.encoder(tokens).float())
-        return torch.cat(outputs).cpu()
+        """Projected EOT features of raw texts, ``[N, D]`` fp32, un-normalised, in the order given.
+
+        Prompts are batched in order of tokenised length, and the encoder runs each batch only up to its longest
+        prompt (`CLIPTextEncoder`), so the result equals the 77-position one within float rounding.
+        """
+        if not texts:
+            raise ValueError("no texts to encode")
+        tokens = self.tokenizer(list(texts))
+        order = tokens.argmax(dim=-1).argsort(stable=True)  # by EOT position, i.e. by length
+        with autocast(self.precision, self.device):
+            batches = order.split(self.batch_size)
+            features = torch.cat([self.encoder(tokens[batch].to(self.device)).float() for batch in batches])
+        restored = torch.empty_like(features)
+        restored[order.to(features.device)] = features
+        return restored.cpu()
 
     def cache_path(self, names: Sequence[str], templates: tuple[str, ...]) -> Path:
-        key = json.dumps({"weights": self.fingerprint(), "templates": list(templates), "names": list(names)})
+        fields = {"weights": self.fingerprint(), "templates": list(templates), "names": list(names)}
+        if self.precision != "fp32":  # fp32 keeps the key it always had
+            fields["precision"] = self.precision
+        key = json.dumps(fields)
         return self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.safetensors"
 
     def embed_names(
@@ -101,12 +123,12 @@ class TextEmbedder:
             cached = _read_cached_embeddings(path, len(prompts))
             if cached is not None:
                 return cached
-        names_per_batch = max(1, self.batch_size // len(resolved))
+        names_per_chunk = max(1, self.batch_size * SORT_WINDOW_BATCHES // len(resolved))
         rows = []
         for start in tqdm(
-            range(0, len(prompts), names_per_batch), desc="embedding names", disable=not progress, unit="batch"
+            range(0, len(prompts), names_per_chunk), desc="embedding names", disable=not progress, unit="chunk"
         ):
-            chunk = prompts[start : start + names_per_batch]
+            chunk = prompts[start : start + names_per_chunk]
             features = self.encode_texts([t.format(name) for name in chunk for t in resolved])
             rows.append(features.view(len(chunk), len(resolved), -1).mean(dim=1))
         embeddings = torch.cat(rows)

@@ -1,0 +1,31 @@
+"""Inference precision: ``"fp32"`` (exact, the official arithmetic), ``"bf16"`` and ``"fp16"`` (CUDA only).
+
+The lower precisions run matrix multiplications and convolutions under ``torch.autocast``; weights stay fp32 and
+callers convert outputs back to fp32, so only the arithmetic inside the autocast region changes.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of `PRECISIONS`, else a ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def autocast(precision: str, device: torch.device | str) -> AbstractContextManager:
+    """The autocast context of ``precision`` on ``device`` (nothing for fp32); fp16 on a CPU is refused."""
+    device_type = torch.device(device).type
+    if check_precision(precision) == "fp32":
+        return nullcontext()
+    if precision == "fp16" and device_type != "cuda":
+        raise ValueError(f"precision 'fp16' needs a CUDA device (the model is on {device_type}); use 'bf16' on CPU")
+    return torch.autocast(device_type, dtype=_AUTOCAST_DTYPES[precision])
