@@ -61,6 +61,16 @@ def test_atomic_write_gives_the_umask_permissions(tmp_path, umask, mask, mode):
     assert stat.S_IMODE(target.stat().st_mode) == mode == stat.S_IMODE(plain.stat().st_mode)
 
 
+def test_atomic_write_keeps_the_mode_of_a_replaced_file(tmp_path, umask):
+    # neither mkstemp's 0o600 nor the umask's 0o644: an ordinary overwrite keeps the mode
+    umask(0o022)
+    target = tmp_path / "shared.json"
+    target.write_text("old")
+    target.chmod(0o640)
+    atomic_write_text(target, "new")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640 and target.read_text() == "new"
+
+
 def test_atomic_write_error_names_the_target_not_the_temporary_file(tmp_path):
     target = tmp_path / "results.json"
     target.mkdir()  # a folder where the file should go: the rename fails
@@ -340,6 +350,10 @@ def test_classify_top_k_and_missing_boxes_file_are_usage_errors(tmp_path, sample
     (tmp_path / "bad.json").write_text("{not json")
     result = CliRunner().invoke(app, [*common, "--boxes", str(tmp_path / "bad.json")])
     assert result.exit_code == 2 and "not a JSON file" in result.output
+    (tmp_path / "coco.json").write_text(json.dumps({"images": [{"id": 1, "file_name": sample_images[0].name}],
+                                                    "annotations": [{"image_id": 1, "box": [0, 0, 4, 4]}]}))
+    result = CliRunner().invoke(app, [*common, "--boxes", str(tmp_path / "coco.json")])
+    assert result.exit_code == 2 and "not a boxes file of a known layout" in result.output and "'bbox'" in result.output
 
 
 def test_extract_features_python_api_fails_on_an_unreadable_image_when_asked(tmp_path, rpn_weights):

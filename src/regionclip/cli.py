@@ -196,6 +196,14 @@ def read_boxes_file(path: Path, images: list[Path]) -> tuple[list[list[list[floa
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise typer.BadParameter(f"{path} is not a JSON file ({error})", param_hint="--boxes") from None
+    try:
+        return _boxes_per_image(data, path, images)
+    except (KeyError, TypeError, ValueError) as error:
+        raise typer.BadParameter(f"{path} is not a boxes file of a known layout ({type(error).__name__}: {error})",
+                                 param_hint="--boxes") from None
+
+
+def _boxes_per_image(data: object, path: Path, images: list[Path]) -> tuple[list, Optional[list[int]]]:
     if isinstance(data, dict) and "annotations" in data and "images" in data:
         by_name = {Path(im["file_name"]).name: im["id"] for im in data["images"]}
         ids = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -28,10 +29,20 @@ def current_umask() -> int:
     return mask
 
 
+def _mode_of_ordinary_write(path: Path) -> int:
+    """What ``open(path, "w")`` would leave: an existing file keeps its mode, a new one gets 0o666 minus the umask."""
+    try:
+        info = path.stat()
+    except OSError:
+        return 0o666 & ~current_umask()
+    return stat.S_IMODE(info.st_mode) if stat.S_ISREG(info.st_mode) else 0o666 & ~current_umask()
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file next to ``path`` and rename it into place, so readers never
-    see a half-written file. The file gets the permissions of an ordinary ``open(path, "w")`` (``0o666`` minus the
-    umask), not ``mkstemp``'s private ``0o600``. File-system errors name ``path``, not the temporary file."""
+    see a half-written file. The file gets the permissions of an ordinary ``open(path, "w")`` (a new file
+    ``0o666`` minus the umask, a replaced file its previous mode), not ``mkstemp``'s private ``0o600``.
+    File-system errors name ``path``, not the temporary file."""
     path = Path(path)
     tmp: Path | None = None
     try:
@@ -40,7 +51,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
         os.close(fd)
         tmp = Path(tmp_name)
         write(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
+        os.chmod(tmp, _mode_of_ordinary_write(path))
         os.replace(tmp, path)
     except OSError as error:
         if tmp is not None:
