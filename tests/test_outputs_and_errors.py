@@ -290,7 +290,7 @@ def test_detect_skips_missing_and_unreadable_images(tmp_path, sample_images, rpn
         app,
         ["detect", str(sample_images[0]), str(broken), str(missing), str(sample_images[1]), "--vocab", "cat,dog",
          "--weights", str(weights), "--templates", "single", "--format", "regions", "--out", str(out),
-         "--score-fusion", "sigmoid"],
+         "--score-fusion", "sigmoid", "--num-proposals", "50"],
     )
     assert result.exit_code == 1
     assert [r["image"] for r in _strict_json(out.read_text())] == [str(sample_images[0]), str(sample_images[1])]
