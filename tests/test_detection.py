@@ -132,7 +132,7 @@ def test_extract_features_is_resumable(tmp_path, sample_images):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     files = sorted(out.glob("*.safetensors"))
-    assert [f.stem for f in files] == [p.stem for p in sample_images]
+    assert [f.name for f in files] == [f"{p.name}.safetensors" for p in sample_images]
     from safetensors import safe_open
 
     with safe_open(str(files[2]), "pt") as handle:

@@ -21,7 +21,8 @@ class RegionPredictions:
 
     ``boxes`` are xyxy in original-image pixels; ``labels[i, j]`` / ``scores[i, j]`` are the j-th best vocabulary
     index and score of box i (scores descending along j). Classification gives k labels per box; detection gives
-    one label per detection (k = 1).
+    one label per detection (k = 1). Boxes and scores must be finite (``ValueError`` otherwise), so every
+    conversion below is plain JSON.
     """
 
     boxes: np.ndarray  # [N, 4] float32
@@ -37,6 +38,10 @@ class RegionPredictions:
         n = len(self.boxes)
         if self.scores.shape[0] != n or self.labels.shape != self.scores.shape:
             raise ValueError("boxes, scores and labels disagree in length")
+        if not (np.isfinite(self.boxes).all() and np.isfinite(self.scores).all()):
+            # JSON has no NaN / Infinity, and a non-finite score ranks nowhere: such predictions come from broken
+            # weights or inputs and are refused rather than written as numbers no reader can trust.
+            raise ValueError(f"non-finite boxes or scores in the predictions for {self.source or 'an image'}")
 
     def __len__(self) -> int:
         return len(self.boxes)

@@ -41,7 +41,8 @@ class Vocabulary:
     """Category names with their dataset ids (for COCO/LVIS results) and optional LVIS frequency / OV split.
 
     ``names`` are kept as given (e.g. LVIS's ``bow_(weapon)``); ``prompt_names`` are cleaned as the official code
-    does before they go into the prompt templates.
+    does before they go into the prompt templates. Names must be non-empty strings and distinct after that cleaning,
+    ignoring case (``cat`` and ``Cat`` would get identical text embeddings): duplicates are an error, not merged.
     """
 
     names: tuple[str, ...]
@@ -53,8 +54,18 @@ class Vocabulary:
     def __post_init__(self) -> None:
         if not self.names:
             raise ValueError("a vocabulary needs at least one name")
-        if any(not n.strip() for n in self.names):
-            raise ValueError("vocabulary names must be non-empty")
+        first_by_prompt: dict[str, str] = {}
+        for position, name in enumerate(self.names, start=1):
+            if not isinstance(name, str) or not prompt_name(name):
+                raise ValueError(f"vocabulary names must be non-empty strings; name {position} is {name!r}")
+            # CLIP's tokenizer lower-cases, so names equal up to case and prompt cleaning get identical embeddings
+            # and would split one class's probability between two labels.
+            key = prompt_name(name).lower()
+            if key in first_by_prompt:
+                first = first_by_prompt[key]
+                same = f"{name!r} appears twice" if first == name else f"{first!r} and {name!r} give the same prompt"
+                raise ValueError(f"duplicate vocabulary name: {same}; each class needs a distinct name")
+            first_by_prompt[key] = name
         if len(self.category_ids) != len(self.names):
             raise ValueError("category_ids must have one id per name")
         if len(set(self.category_ids)) != len(self.category_ids):
@@ -67,7 +78,7 @@ class Vocabulary:
     # ---- construction ----------------------------------------------------------------------------
     @classmethod
     def from_names(cls, names: Sequence[str], category_ids: Sequence[int] | None = None, source: str = "custom") -> Vocabulary:
-        names = tuple(str(n).strip() for n in names)
+        names = tuple(n.strip() if isinstance(n, str) else n for n in names)  # non-strings are refused below
         ids = tuple(int(i) for i in category_ids) if category_ids is not None else tuple(range(1, len(names) + 1))
         return cls(names=names, category_ids=ids, source=source)
 
