@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import pickle
 import sys
 import warnings
@@ -113,15 +114,15 @@ def test_hostile_archive_runs_nothing_through_the_cli(hostile, tmp_path, sample_
     result = runner.invoke(app, ["classify", str(sample_images[0]), "--boxes", str(boxes), "--weights", str(path)])
     assert result.exit_code == 1 and victim.read_bytes() == VICTIM_BYTES
     _assert_one_clear_line(result.stderr, path)
-    assert result.stderr.startswith("Error: ") and "Traceback" not in result.output
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.output
 
     good = make_model(ModelConfig.tiny()).save_pretrained(tmp_path / "good")
     result = runner.invoke(
         app, ["detect", str(sample_images[0]), "--vocab", "cat,dog", "--weights", str(good), "--rpn", str(path)]
     )
-    assert result.exit_code != 0 and victim.read_bytes() == VICTIM_BYTES
-    assert isinstance(result.exception, ValueError)
-    _assert_one_clear_line(str(result.exception), path)
+    assert result.exit_code == 1 and victim.read_bytes() == VICTIM_BYTES
+    _assert_one_clear_line(result.stderr, path)
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.output
 
 
 def _traced_clip(model: RegionCLIP, tmp_path, dtype=torch.float32):
@@ -345,7 +346,7 @@ def test_empty_weight_files_say_so(tmp_path, sample_images, tiny_model):
     boxes.write_text(json.dumps(BOXES))
     result = CliRunner().invoke(app, ["classify", str(sample_images[0]), "--boxes", str(boxes), "--weights", str(empty)])
     assert result.exit_code == 1 and "Aborted" not in result.output
-    assert result.stderr == f"Error: {empty} is empty (0 bytes): no weights to load\n"
+    assert result.stderr == f"error: {empty} is empty (0 bytes): no weights to load (regionclip --debug ... shows the traceback)\n"
 
 
 def test_weight_paths_containing_at_signs_load(tmp_path, sample_images):
@@ -364,9 +365,8 @@ def test_weight_paths_containing_at_signs_load(tmp_path, sample_images):
         assert result.stdout == reference
     result = runner.invoke(app, [*base, "--weights", f"{file_weights}@boss"])
     assert result.exit_code == 2
-    assert result.stderr == (
-        f"Error: {file_weights}@boss: no such weights file, and 'boss' is not a branch (use @student or @teacher)\n"
-    )
+    message = " ".join(re.sub("[│╭╮╰╯─]", " ", result.stderr).split())  # typer frames usage errors in a box
+    assert "'boss' is not a branch (use @student or @teacher)" in message
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "nan"])

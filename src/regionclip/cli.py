@@ -22,23 +22,18 @@ BRANCHES = ("student", "teacher")
 
 def _load_model(spec: str, device: Optional[str]):
     """``PATH`` or ``NAME`` with an optional ``@teacher`` / ``@student`` branch suffix. A spec naming an existing
-    file or directory is taken whole (file names may contain ``@``). Load failures end the command with one line."""
+    file or directory is taken whole (file names may contain ``@``)."""
     from .api import RegionCLIP
 
     path, branch = spec, "student"
     if not Path(spec).exists() and "@" in spec:
         path, _, branch = spec.rpartition("@")
         if branch not in BRANCHES:
-            typer.echo(
-                f"Error: {spec}: no such weights file, and {branch!r} is not a branch (use @student or @teacher)",
-                err=True,
+            raise typer.BadParameter(
+                f"{spec}: no such weights file, and {branch!r} is not a branch (use @student or @teacher)",
+                param_hint="--weights",
             )
-            raise typer.Exit(2)
-    try:
-        return RegionCLIP.from_pretrained(path, branch=branch, device=device)
-    except (OSError, ValueError) as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(1) from None
+    return RegionCLIP.from_pretrained(path, branch=branch, device=device)
 
 
 # Set by the group callback below for the current invocation: whether errors show their traceback.
