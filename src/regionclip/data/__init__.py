@@ -1,5 +1,5 @@
 """Image loading and preprocessing."""
 
-from .images import ImageInput, PreparedImage, prepare_image, resized_shape
+from .images import ImageInput, PreparedImage, RangedImage, load_image_file, prepare_image, resized_shape, rgb_pixels
 
-__all__ = ["ImageInput", "PreparedImage", "prepare_image", "resized_shape"]
+__all__ = ["ImageInput", "PreparedImage", "RangedImage", "load_image_file", "prepare_image", "resized_shape", "rgb_pixels"]
