@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torchvision.ops import clip_boxes_to_image
 from tqdm.auto import tqdm
 
 from .checkpoints.detectron2_rpn import LoadReport, load_detectron2_rpn, rpn_state_dict_for_detectron2
@@ -31,13 +32,37 @@ WEIGHTS_FILENAME = "model.safetensors"
 
 
 def _as_boxes(boxes: object) -> torch.Tensor:
-    tensor = torch.as_tensor(np.asarray(boxes, dtype=np.float32) if not isinstance(boxes, torch.Tensor) else boxes)
-    tensor = tensor.float().reshape(-1, 4) if tensor.numel() else tensor.float().reshape(0, 4)
+    """One image's boxes as a float ``[N, 4]`` tensor; any other shape (e.g. a row of 8 numbers) is an error."""
+    if not isinstance(boxes, torch.Tensor):
+        try:
+            boxes = np.asarray(boxes, dtype=np.float32)
+        except (TypeError, ValueError) as error:  # ragged rows, non-numbers
+            raise ValueError(f"boxes must be an [N, 4] array of xyxy numbers: {error}") from None
+    tensor = torch.as_tensor(boxes).float()
+    if not tensor.numel():
+        return tensor.reshape(0, 4)
+    if tensor.ndim != 2 or tensor.shape[1] != 4:
+        raise ValueError(
+            f"boxes must be an [N, 4] array of xyxy boxes (one box: [[x1, y1, x2, y2]]), got shape {tuple(tensor.shape)}"
+        )
     if not torch.isfinite(tensor).all():
         raise ValueError("boxes contain non-finite values")
     if (tensor[:, 2] < tensor[:, 0]).any() or (tensor[:, 3] < tensor[:, 1]).any():
         raise ValueError("boxes must be xyxy with x2 >= x1 and y2 >= y1 (original-image pixels)")
     return tensor
+
+
+def clip_to_image(boxes: torch.Tensor, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes clipped to ``[0, W] x [0, H]`` (torchvision ``clip_boxes_to_image``) and a ``[N]`` flag of those with
+    positive width and height afterwards: zero-area and wholly-outside boxes hold no image to recognise."""
+    clipped = clip_boxes_to_image(boxes, image_size)
+    return clipped, (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+
+
+def _check_finite_embeddings(class_embeddings: torch.Tensor) -> None:
+    bad_rows = (~torch.isfinite(class_embeddings)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+    if bad_rows:
+        raise ValueError(f"class_embeddings contain NaN/Inf in rows {bad_rows[:10]}{' ...' if len(bad_rows) > 10 else ''}")
 
 
 class RegionCLIP(nn.Module):
@@ -233,8 +258,9 @@ class RegionCLIP(nn.Module):
     def _batches(
         self, images: object, boxes: object | None, batch_size: int, image_ids: Sequence[int] | None, progress: bool
     ):
-        """Yield ``(items, prepared, boxes)`` per batch: ``items`` are (image, image id) pairs, ``boxes`` the given
-        boxes of each image in original pixels (``None`` when no boxes were given)."""
+        """Yield ``(items, prepared, boxes, valid)`` per batch: ``items`` are (image, image id) pairs, ``boxes`` the
+        given boxes of each image in original pixels clipped to the image and ``valid`` their non-empty flags
+        (both ``None`` when no boxes were given)."""
         image_list = [images] if not isinstance(images, (list, tuple)) else list(images)
         box_list = _pair_images_boxes(images, boxes)[1] if boxes is not None else None
         if image_ids is not None and len(image_ids) != len(image_list):
@@ -243,7 +269,12 @@ class RegionCLIP(nn.Module):
         for start in tqdm(range(0, len(image_list), batch_size), disable=not progress, desc="images", unit="batch"):
             stop = start + batch_size
             items = list(zip(image_list[start:stop], ids[start:stop]))
-            yield items, self.prepare(image_list[start:stop]), box_list[start:stop] if box_list is not None else None
+            prepared = self.prepare(image_list[start:stop])
+            if box_list is None:
+                yield items, prepared, None, None
+            else:
+                clipped = [clip_to_image(b, p.original_size) for p, b in zip(prepared, box_list[start:stop])]
+                yield items, prepared, [c for c, _ in clipped], [v for _, v in clipped]
 
     @torch.inference_mode()
     def embed_regions(
@@ -255,9 +286,20 @@ class RegionCLIP(nn.Module):
         progress: bool = False,
     ) -> list[torch.Tensor]:
         """Region embeddings ``[R_i, D]`` per image (L2-normalised unless ``normalize=False``). Boxes are xyxy in
-        original-image pixels; for a single image ``boxes`` may be one ``[R, 4]`` array."""
+        original-image pixels, clipped to the image; for a single image ``boxes`` may be one ``[R, 4]`` array.
+        A box that is empty once clipped (zero width or height, or wholly outside) is a ``ValueError``."""
         result = []
-        for _, prepared, batch_boxes in self._batches(images, boxes, batch_size, None, progress):
+        first_image = 0
+        for items, prepared, batch_boxes, batch_valid in self._batches(images, boxes, batch_size, None, progress):
+            for offset, (image, clipped, valid) in enumerate(zip(prepared, batch_boxes, batch_valid)):
+                if not valid.all():
+                    index = int((~valid).nonzero()[0])
+                    raise ValueError(
+                        f"box {index} of image {first_image + offset} (0-based) is empty once clipped to the "
+                        f"{image.original_size[1]}x{image.original_size[0]} image (clipped: "
+                        f"{[round(v, 2) for v in clipped[index].tolist()]}): it has no region to embed"
+                    )
+            first_image += len(items)
             embeddings = self.encode_boxes(prepared, [p.to_input_boxes(b) for p, b in zip(prepared, batch_boxes)])
             result.extend(F.normalize(e, dim=-1) if normalize else e for e in embeddings)
         return [r.cpu() for r in result]
@@ -289,6 +331,8 @@ class RegionCLIP(nn.Module):
     def _class_embeddings(self, vocabulary: Vocabulary, class_embeddings: torch.Tensor | None, templates) -> torch.Tensor:
         if class_embeddings is None:
             class_embeddings = self.embed_vocabulary(vocabulary, templates)
+        else:
+            _check_finite_embeddings(torch.as_tensor(class_embeddings))
         if class_embeddings.shape[0] != len(vocabulary):
             raise ValueError(
                 f"{class_embeddings.shape[0]} class embeddings for a vocabulary of {len(vocabulary)} names"
@@ -310,18 +354,24 @@ class RegionCLIP(nn.Module):
         progress: bool = False,
     ) -> list[RegionPredictions]:
         """Top-k vocabulary labels of every given box: ``softmax([cos/τ, 0])`` over the names and background, the
-        background dropped from the labels."""
+        background dropped from the labels. Boxes are clipped to the image; a box that is then empty (zero width or
+        height, or wholly outside) gets ``valid=False`` in its predictions and no labels or scores."""
         vocabulary = Vocabulary.parse(vocabulary)
         if top_k < 1:
             raise ValueError(f"top_k must be ≥ 1, got {top_k}")
         top_k = min(top_k, len(vocabulary))
         weights = self._class_embeddings(vocabulary, class_embeddings, templates)
         predictions = []
-        for items, prepared, batch_boxes in self._batches(images, boxes, batch_size, image_ids, progress):
-            features = self.encode_boxes(prepared, [p.to_input_boxes(b) for p, b in zip(prepared, batch_boxes)])
-            for item, prep, region_boxes, feats in zip(items, prepared, batch_boxes, features):
-                scores, labels = self.classifier.probabilities(feats, weights).topk(top_k, dim=1)
-                predictions.append(_predictions(item, prep, vocabulary, region_boxes, scores, labels))
+        for items, prepared, batch_boxes, batch_valid in self._batches(images, boxes, batch_size, image_ids, progress):
+            features = self.encode_boxes(
+                prepared, [p.to_input_boxes(b[v]) for p, b, v in zip(prepared, batch_boxes, batch_valid)]
+            )
+            for item, prep, region_boxes, valid, feats in zip(items, prepared, batch_boxes, batch_valid, features):
+                scored = valid.to(feats.device)
+                scores = torch.zeros(len(region_boxes), top_k, device=feats.device)
+                labels = torch.full((len(region_boxes), top_k), -1, dtype=torch.long, device=feats.device)
+                scores[scored], labels[scored] = self.classifier.probabilities(feats, weights).topk(top_k, dim=1)
+                predictions.append(_predictions(item, prep, vocabulary, region_boxes, scores, labels, valid=valid))
         return predictions
 
     # ---- zero-shot detection -----------------------------------------------------------------------
@@ -340,14 +390,16 @@ class RegionCLIP(nn.Module):
     ) -> list[RegionPredictions]:
         """Zero-shot detection: RPN proposals (or the given ``boxes``, official GT mode: no score fusion) →
         region embeddings → class probabilities → score fusion → per-class NMS → top detections per image.
-        One label per detection; a box can be detected under several classes."""
+        One label per detection; a box can be detected under several classes. Given boxes are clipped to the image
+        and those then empty (zero width or height, or wholly outside) give no detection."""
         config = config or DetectionConfig()
         vocabulary = Vocabulary.parse(vocabulary)
         weights = self._class_embeddings(vocabulary, class_embeddings, templates)
         predictions = []
-        for items, prepared, batch_boxes in self._batches(images, boxes, batch_size, image_ids, progress):
+        for items, prepared, batch_boxes, batch_valid in self._batches(images, boxes, batch_size, image_ids, progress):
+            nonempty = [b[v] for b, v in zip(batch_boxes, batch_valid)] if batch_boxes is not None else None
             for item, prep, (det_boxes, scores, classes, extras) in zip(
-                items, prepared, _detect_batch(self, prepared, batch_boxes, weights, config)
+                items, prepared, _detect_batch(self, prepared, nonempty, weights, config)
             ):
                 predictions.append(_predictions(item, prep, vocabulary, det_boxes, scores[:, None], classes[:, None], extras))
         return predictions
@@ -361,6 +413,7 @@ def _predictions(
     scores: torch.Tensor,
     labels: torch.Tensor,
     extras: dict[str, torch.Tensor] | None = None,
+    valid: torch.Tensor | None = None,
 ) -> RegionPredictions:
     image, image_id = item
     return RegionPredictions(
@@ -372,6 +425,7 @@ def _predictions(
         image_id=image_id,
         source=str(image) if isinstance(image, (str, Path)) else None,
         extras={k: v.cpu().numpy() for k, v in (extras or {}).items()},
+        valid=valid.cpu().numpy() if valid is not None else None,
     )
 
 

@@ -23,6 +23,12 @@ class RegionPredictions:
     index and score of box i (scores descending along j). Classification gives k labels per box; detection gives
     one label per detection (k = 1). Boxes and scores must be finite (``ValueError`` otherwise), so every
     conversion below is plain JSON.
+
+    ``valid[i]`` is False for a given box that is empty once clipped to the image (zero width or height, or wholly
+    outside): it has no scores (its ``labels`` row is -1, its ``scores`` row 0). Such boxes are kept in the per-box
+    records (``to_json`` with ``"valid": false`` and empty label lists, ``to_processor_dict`` with a ``"valid"``
+    tensor) and left out of the detection lists (``to_coco``, ``to_hf``, ``to_supervision``), which have no entry
+    without a label and score.
     """
 
     boxes: np.ndarray  # [N, 4] float32
@@ -33,6 +39,7 @@ class RegionPredictions:
     image_id: int | None = None
     source: str | None = None  # file path, when the image came from one
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. "objectness", "features"
+    valid: np.ndarray | None = None  # [N] bool; None means every box was scored
 
     def __post_init__(self) -> None:
         n = len(self.boxes)
@@ -42,6 +49,9 @@ class RegionPredictions:
             # JSON has no NaN / Infinity, and a non-finite score ranks nowhere: such predictions come from broken
             # weights or inputs and are refused rather than written as numbers no reader can trust.
             raise ValueError(f"non-finite boxes or scores in the predictions for {self.source or 'an image'}")
+        self.valid = np.ones(n, dtype=bool) if self.valid is None else np.asarray(self.valid, dtype=bool)
+        if self.valid.shape != (n,):
+            raise ValueError("valid must hold one flag per box")
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -57,16 +67,24 @@ class RegionPredictions:
             image_id=self.image_id,
             source=self.source,
             extras={k: v[keep] for k, v in self.extras.items()},
+            valid=self.valid[keep],
         )
 
     @property
     def class_names(self) -> list[list[str]]:
-        return [[self.vocabulary.names[j] for j in row] for row in self.labels.tolist()]
+        """Names of ``labels``; an empty list for a box without scores (``valid`` False)."""
+        return [
+            [self.vocabulary.names[j] for j in row] if ok else []
+            for row, ok in zip(self.labels.tolist(), self.valid.tolist())
+        ]
 
     def to_supervision(self):
-        """``supervision.Detections`` with the top-1 label per box; all top-k in ``data``."""
+        """``supervision.Detections`` with the top-1 label per box; all top-k in ``data``. Boxes without scores are
+        left out."""
         import supervision as sv
 
+        if not self.valid.all():
+            return self.subset(self.valid).to_supervision()
         names = np.array([row[0] for row in self.class_names] if len(self) else [], dtype=object)
         return sv.Detections(
             xyxy=self.boxes.astype(np.float32).reshape(-1, 4),
@@ -85,7 +103,8 @@ class RegionPredictions:
         if image_id is None:
             raise ValueError("COCO results need an image_id")
         out = []
-        for box, row_labels, row_scores in zip(self.boxes.tolist(), self.labels.tolist(), self.scores.tolist()):
+        scored = self.subset(self.valid)
+        for box, row_labels, row_scores in zip(scored.boxes.tolist(), scored.labels.tolist(), scored.scores.tolist()):
             x1, y1, x2, y2 = box
             for label, score in zip(row_labels, row_scores):
                 out.append(
@@ -101,7 +120,8 @@ class RegionPredictions:
     def to_hf(self, threshold: float = 0.0) -> list[dict[str, Any]]:
         """The ``zero-shot-object-detection`` pipeline's list of dicts, sorted by score, int corner boxes."""
         out = []
-        for box, row_labels, row_scores in zip(self.boxes.tolist(), self.labels.tolist(), self.scores.tolist()):
+        scored = self.subset(self.valid)
+        for box, row_labels, row_scores in zip(scored.boxes.tolist(), scored.labels.tolist(), scored.scores.tolist()):
             xmin, ymin, xmax, ymax = (int(round(v)) for v in box)
             for label, score in zip(row_labels, row_scores):
                 if score >= threshold:
@@ -115,12 +135,14 @@ class RegionPredictions:
         return sorted(out, key=lambda d: d["score"], reverse=True)
 
     def to_processor_dict(self) -> dict[str, Any]:
-        """``post_process_grounded_object_detection``-style dict (top-1 label per box)."""
+        """``post_process_grounded_object_detection``-style dict (top-1 label per box), with a ``"valid"`` flag per
+        box (a box without scores has score 0, label -1 and text label None)."""
         return {
             "scores": torch.from_numpy(self.scores[:, 0].copy()) if len(self) else torch.zeros(0),
             "labels": torch.from_numpy(self.labels[:, 0].copy()) if len(self) else torch.zeros(0, dtype=torch.long),
             "boxes": torch.from_numpy(self.boxes.copy()).reshape(-1, 4),
-            "text_labels": [row[0] for row in self.class_names],
+            "text_labels": [row[0] if row else None for row in self.class_names],
+            "valid": torch.from_numpy(self.valid.copy()),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -133,12 +155,13 @@ class RegionPredictions:
             "regions": [
                 {
                     "box": [round(v, 2) for v in box],
+                    "valid": ok,
                     "labels": names,
-                    "category_ids": [int(self.vocabulary.category_ids[j]) for j in row_labels],
-                    "scores": [float(s) for s in row_scores],
+                    "category_ids": [int(self.vocabulary.category_ids[j]) for j in row_labels] if ok else [],
+                    "scores": [float(s) for s in row_scores] if ok else [],
                 }
-                for box, names, row_labels, row_scores in zip(
-                    self.boxes.tolist(), self.class_names, self.labels.tolist(), self.scores.tolist()
+                for box, ok, names, row_labels, row_scores in zip(
+                    self.boxes.tolist(), self.valid.tolist(), self.class_names, self.labels.tolist(), self.scores.tolist()
                 )
             ],
         }

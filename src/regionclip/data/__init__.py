@@ -8,7 +8,7 @@ from .captions import (
     StepPlan,
     caption_loader,
 )
-from .images import ImageInput, PreparedImage, prepare_image, resized_shape
+from .images import ImageInput, PreparedImage, RangedImage, load_image_file, prepare_image, resized_shape, rgb_pixels
 from .pretrain_images import (
     CaptionSample,
     PretrainBatch,
@@ -26,6 +26,9 @@ __all__ = [
     "CaptionShardStream",
     "CocoCaptionPairs",
     "ImageInput",
+    "RangedImage",
+    "load_image_file",
+    "rgb_pixels",
     "PreparedImage",
     "PretrainBatch",
     "PretrainImage",

@@ -11,9 +11,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
+from ..data.images import load_image_file
 from ..synthetic import World
 
 
@@ -74,9 +74,8 @@ class SplitData:
 
 
 def decode_image(path: str) -> np.ndarray:
-    """RGB uint8 ``[H, W, 3]`` of an image file."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    """RGB uint8 ``[H, W, 3]`` of an image file, decoded as displayed (EXIF orientation, 16-bit scaled)."""
+    return np.asarray(load_image_file(path))
 
 
 def load_split(world: World, split: str, with_images: bool = True, progress: bool = False) -> SplitData:

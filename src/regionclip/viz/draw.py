@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import supervision as sv
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ..data.images import ImageInput
+from ..data.images import ImageInput, load_image_file, rgb_pixels, to_rgb8
 from ..results import RegionPredictions
 
 
@@ -19,17 +20,15 @@ def format_percent(probability: float) -> str:
 
 
 def _as_pil(image: ImageInput) -> Image.Image:
+    """The image as the model saw it (same decoding rules), as 8-bit RGB."""
     if isinstance(image, (str, Path)):
-        with Image.open(image) as im:
-            return im.convert("RGB")
+        return load_image_file(image)
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
-    if array.ndim == 3 and array.shape[0] == 3 and array.shape[2] != 3:
-        array = array.transpose(1, 2, 0)
-    if array.dtype != np.uint8:
-        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
-    return Image.fromarray(array).convert("RGB")
+        return to_rgb8(image)
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[0] == 3 and image.shape[2] != 3:
+        image = image.transpose(1, 2, 0)  # a CHW array, as tensors are laid out
+    pixels = rgb_pixels(image)
+    return Image.fromarray(pixels.float().round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
 
 
 def draw_predictions(
@@ -42,6 +41,7 @@ def draw_predictions(
     """The image with each box and its top-k ``label, percent`` lines. Small images are enlarged to ``min_side``
     so labels stay legible."""
     canvas = _as_pil(image)
+    predictions = predictions.subset(predictions.valid)  # boxes empty inside the image have no labels to show
     scale = max(1.0, min_side / min(canvas.size))
     if scale > 1:
         canvas = canvas.resize((round(canvas.width * scale), round(canvas.height * scale)), Image.BICUBIC)
