@@ -1,4 +1,4 @@
-"""Command line: ``regionclip classify``, ``regionclip embed-vocab``, ``regionclip demo``."""
+"""Command line: ``regionclip classify``, ``regionclip embed-vocab``, ``regionclip concepts``, ``regionclip demo``."""
 
 from __future__ import annotations
 
@@ -284,6 +284,39 @@ def demo(
         raise typer.BadParameter(str(error), param_hint="--preset") from None
     report = run_demo(out, preset=config, cache_dir=cache_dir, threads=threads)
     typer.echo(f"report: {report}")
+
+
+@app.command()
+def concepts(
+    captions: list[Path] = typer.Argument(
+        ..., help="COCO Captions json, webdataset .tar shards or text files (one caption per line)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Concept pool file (name,count lines, most frequent first)."),
+    min_count: int = typer.Option(
+        1, "--min-count", min=1, help="Keep concepts seen at least this often (the official CC3M pool used 100)."
+    ),
+    spacy_model: Optional[str] = typer.Option(None, "--spacy-model", help="spaCy pipeline (default: small English)."),
+) -> None:
+    """Parse noun concepts from captions into a concept pool (docs/pretraining.md); needs regionclip[concepts]."""
+    from tqdm.auto import tqdm
+
+    from .text.concepts import (
+        ConceptParserUnavailable,
+        build_concept_pool,
+        load_spacy_pipeline,
+        read_captions,
+        write_concept_pool,
+    )
+
+    try:
+        caption_stream = read_captions(captions)
+        nlp = load_spacy_pipeline(spacy_model)
+        pool = build_concept_pool(tqdm(caption_stream, desc="parsing captions", unit=" captions"), min_count, nlp=nlp)
+        write_concept_pool(out, pool)
+    except (ConceptParserUnavailable, FileNotFoundError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {out}: {len(pool)} concepts")
 
 
 if __name__ == "__main__":
