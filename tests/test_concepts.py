@@ -109,12 +109,17 @@ def test_bad_caption_sources_fail_before_anything_is_read(tmp_path):
     instances.write_text(json.dumps({"annotations": [{"id": 1, "bbox": [0, 0, 1, 1]}]}))
     with pytest.raises(ValueError, match="not a COCO Captions file"):
         list(read_captions([instances]))
+    broken = tmp_path / "broken.tar"
+    broken.write_text("not a tar archive")
+    with pytest.raises(ValueError, match="broken.tar is not a readable tar shard"):
+        list(read_captions([broken]))
 
 
 def test_cli_writes_a_pool_readable_as_a_vocabulary(tmp_path):
     coco, shard, text = write_sources(tmp_path)
     out = tmp_path / "pool" / "concepts.txt"
-    result = CliRunner().invoke(app, ["concepts", str(coco), str(shard), str(text), "--min-count", "2", "--out", str(out)])
+    arguments = ["concepts", str(coco), str(shard), str(text), "--min-count", "2", "--out", str(out)]
+    result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 0, result.output
     assert out.read_text() == "dog,3\nbed,2\nman,2\n"
     assert Vocabulary.from_file(out).names == ("dog", "bed", "man")

@@ -182,7 +182,8 @@ def test_teacher_pool_may_differ_but_must_list_the_same_concepts(batch):
                                 teacher_concept_embeddings=torch.tensor(pool))
     probs, targets, keep = hand_teacher(teacher, pool, 0.01, 0.1)  # labels from the teacher's pool ...
     kept = [r for r in range(len(keep)) if keep[r]]
-    hand = hand_contrastive(student[kept], student_pool, [targets[r] for r in kept], 0.01)  # ... embeddings from the student's
+    # ... and the embeddings from the student's
+    hand = hand_contrastive(student[kept], student_pool, [targets[r] for r in kept], 0.01)
     assert losses["concept_contrastive"].item() == pytest.approx(hand, rel=1e-10)
     with pytest.raises(ValueError):
         region_text_losses(*tensors(student, teacher, student_pool, images, images),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import tarfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -119,13 +120,16 @@ def _shard_captions(path: Path) -> Iterator[str]:
     samples = wds.WebDataset(
         str(path), shardshuffle=False, empty_check=False, select_files=lambda name: name.endswith((".txt", ".json"))
     )
-    for sample in samples:
-        if "txt" in sample:
-            yield sample["txt"].decode("utf-8")
-        elif "json" in sample:
-            caption = json.loads(sample["json"]).get("caption")
-            if isinstance(caption, str):
-                yield caption
+    try:
+        for sample in samples:
+            if "txt" in sample:
+                yield sample["txt"].decode("utf-8")
+            elif "json" in sample:
+                caption = json.loads(sample["json"]).get("caption")
+                if isinstance(caption, str):
+                    yield caption
+    except tarfile.TarError as error:
+        raise ValueError(f"{path} is not a readable tar shard ({error.args[0]})") from error
 
 
 def _text_captions(path: Path) -> list[str]:
