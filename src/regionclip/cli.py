@@ -1,4 +1,4 @@
-"""Command line: ``regionclip classify | detect | extract-features | evaluate-zeroshot | embed-vocab | demo``.
+"""Command line: ``regionclip classify | detect | extract-features | evaluate-zeroshot | embed-vocab | concepts | demo``.
 
 Options are checked before any weights load (bad ones are usage errors, exit status 2); the errors a user can act
 on print one ``error: ...`` line and exit with status 1 (``regionclip --debug ...`` shows the traceback); images
@@ -508,6 +508,29 @@ def demo(
         raise typer.BadParameter(str(error), param_hint="--preset") from None
     report = run_demo(out, preset=config, cache_dir=cache_dir, threads=threads)
     typer.echo(f"report: {report}")
+
+
+@_command()
+def concepts(
+    captions: list[Path] = typer.Argument(
+        ..., help="COCO Captions json, webdataset .tar shards or text files (one caption per line)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Concept pool file (name,count lines, most frequent first)."),
+    min_count: int = typer.Option(
+        1, "--min-count", min=1, help="Keep concepts seen at least this often (the official CC3M pool used 100)."
+    ),
+    spacy_model: Optional[str] = typer.Option(None, "--spacy-model", help="spaCy pipeline (default: small English)."),
+) -> None:
+    """Parse noun concepts from captions into a concept pool (docs/pretraining.md); needs regionclip[concepts]."""
+    from tqdm.auto import tqdm
+
+    from .text.concepts import build_concept_pool, load_spacy_pipeline, read_captions, write_concept_pool
+
+    caption_stream = read_captions(captions)
+    nlp = load_spacy_pipeline(spacy_model)
+    pool = build_concept_pool(tqdm(caption_stream, desc="parsing captions", unit=" captions"), min_count, nlp=nlp)
+    write_concept_pool(out, pool)
+    typer.echo(f"wrote {out}: {len(pool)} concepts")
 
 
 if __name__ == "__main__":
