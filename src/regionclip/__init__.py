@@ -2,8 +2,9 @@
 
 from .api import RegionCLIP
 from .config import ModelConfig
+from .modeling.meta_arch import OpenVocabularyDetector
 from .results import RegionPredictions
 from .text.vocabulary import Vocabulary
 
-__all__ = ["ModelConfig", "RegionCLIP", "RegionPredictions", "Vocabulary"]
+__all__ = ["ModelConfig", "OpenVocabularyDetector", "RegionCLIP", "RegionPredictions", "Vocabulary"]
 __version__ = "0.1.0"
