@@ -17,11 +17,13 @@ def sample_foreground_background(
     positive_fraction: float,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the sampled foreground and background boxes, from boolean masks ``[B]`` (neither = ignored)."""
+    """Indices (ascending) of the sampled foreground and background boxes, from boolean masks ``[B]`` (neither =
+    ignored)."""
     positive = torch.nonzero(foreground, as_tuple=True)[0]
     negative = torch.nonzero(background, as_tuple=True)[0]
     num_pos = min(positive.numel(), int(batch_size * positive_fraction))
     num_neg = min(negative.numel(), batch_size - num_pos)
     pos_pick = positive[torch.randperm(positive.numel(), generator=generator)[:num_pos].to(positive.device)]
     neg_pick = negative[torch.randperm(negative.numel(), generator=generator)[:num_neg].to(negative.device)]
-    return pos_pick, neg_pick
+    # in box order: when every box fits, the sample (and any sum over it) does not depend on the random stream
+    return pos_pick.sort().values, neg_pick.sort().values

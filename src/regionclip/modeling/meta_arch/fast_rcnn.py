@@ -274,7 +274,7 @@ class OpenVocabularyDetector(RegionCLIP):
         return self(images, targets, proposals, generator)
 
     # ---- inference ---------------------------------------------------------------------------------
-    def _test_embeddings(self, vocabulary: Vocabulary, class_embeddings: torch.Tensor | None) -> torch.Tensor:
+    def _test_embeddings(self, vocabulary: Vocabulary, class_embeddings: torch.Tensor | None, templates) -> torch.Tensor:
         if class_embeddings is None:
             for stored in (self.test_embeddings, self.train_embeddings):
                 if stored is not None and stored.shape[0] == len(vocabulary):
@@ -285,32 +285,33 @@ class OpenVocabularyDetector(RegionCLIP):
                     f"{[e.shape[0] for e in (self.test_embeddings, self.train_embeddings) if e is not None]} rows and "
                     "there is no text encoder; pass class_embeddings"
                 )
-        return self._class_embeddings(vocabulary, class_embeddings, "ensemble")
+        return self._class_embeddings(vocabulary, class_embeddings, templates)
 
     @torch.inference_mode()
     def detect(  # type: ignore[override]
         self,
         images: ImageInput | Sequence[ImageInput],
         vocabulary: Vocabulary | str | Sequence[str],
-        proposals: object | None = None,
+        boxes: object | None = None,
         config: DetectionConfig | None = None,
         class_embeddings: torch.Tensor | None = None,
+        templates: str | Sequence[str] = "ensemble",
         batch_size: int = 4,
         image_ids: Sequence[int] | None = None,
         progress: bool = False,
     ) -> list[RegionPredictions]:
-        """Open-vocabulary detection, the outputs of `RegionCLIP.detect`: RPN proposals (or the given ``proposals``,
-        without score fusion) → region features → probabilities over ``vocabulary`` → box deltas applied and boxes
+        """Open-vocabulary detection with the arguments and outputs of `RegionCLIP.detect`: RPN proposals (or the
+        given ``boxes`` in original pixels, without score fusion) → region features → probabilities over ``vocabulary`` → box deltas applied and boxes
         clipped to the image → score fusion → per-class (soft-)NMS → top detections.
 
         Embeddings: ``class_embeddings`` if given, else the stored test (then training) embeddings whose row count
-        matches the vocabulary, else the text encoder's ensemble embeddings of the names.
+        matches the vocabulary, else the text encoder's embeddings of the names (``templates``).
         """
         config = config or self.detection_config
         vocabulary = Vocabulary.parse(vocabulary)
-        weights = self._test_embeddings(vocabulary, class_embeddings)
+        weights = self._test_embeddings(vocabulary, class_embeddings, templates)
         predictions = []
-        for items, prepared, batch_boxes in self._batches(images, proposals, batch_size, image_ids, progress):
+        for items, prepared, batch_boxes in self._batches(images, boxes, batch_size, image_ids, progress):
             if batch_boxes is None:
                 found = self._rpn_proposals(prepared, config)
                 input_boxes = [p.boxes for p in found]
