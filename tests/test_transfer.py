@@ -304,6 +304,11 @@ def test_finetune_lowers_the_loss_and_evaluate_writes_results(tiny_files, tmp_pa
     assert len(totals) == 24 and np.mean(totals[-6:]) < 0.7 * np.mean(totals[:6])
     assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "model_final.pth").is_file()
     assert "train embeddings: the text encoder's, for 2 categories" in (tmp_path / "run" / "load_report.txt").read_text()
+    # the command on the same config resumes the finished run: nothing is retrained
+    config.to_yaml(tmp_path / "finetune.yaml")
+    result = CliRunner().invoke(app, ["finetune", "--config", str(tmp_path / "finetune.yaml"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("24 steps") and f"detector in {tmp_path / 'run'}" in result.output
 
     out, metrics = tmp_path / "results.json", tmp_path / "metrics.json"
     result = CliRunner().invoke(app, [
@@ -315,3 +320,41 @@ def test_finetune_lowers_the_loss_and_evaluate_writes_results(tiny_files, tmp_pa
     assert results and {r["category_id"] for r in results} <= {1, 2, 3} and all(len(r["bbox"]) == 4 for r in results)
     assert {"AP50_novel", "AP50_base", "AP50_all"} <= set(scores)
     assert 0 <= scores["AP50_all"] <= 100
+
+
+def test_initialisation_from_a_pretraining_file_takes_the_student(tiny_files, tmp_path):
+    from regionclip.checkpoints.pretraining import PretrainingWeights, save_pretraining_checkpoint
+
+    student, teacher = make_model(ModelConfig.tiny(), seed=1), make_model(ModelConfig.tiny(), seed=2)
+    state = student.openai_state_dict()
+    text = {k: v for k, v in state.items() if not k.startswith("visual.")}
+    _, rpn_path = tiny_files
+    rpn = {f"offline_{k}": v for k, v in ProposalNetwork(RPNConfig.tiny("c4")).state_dict().items()}
+    visual = {k: v for k, v in state.items() if k.startswith("visual.")}
+    teacher_visual = {k: v for k, v in teacher.openai_state_dict().items() if k.startswith("visual.")}
+    weights = PretrainingWeights(visual, teacher_visual, text, rpn)
+    path = save_pretraining_checkpoint(tmp_path / "pretrained.pth", weights)
+    det = OpenVocabularyDetector.from_pretrained(path, torch.randn(2, 32), rpn=rpn_path, config=ModelConfig.tiny(), device="cpu")
+    assert torch.equal(det.head.attnpool.c_proj.weight, student.head.attnpool.c_proj.weight)
+    assert not torch.equal(det.head.attnpool.c_proj.weight, teacher.head.attnpool.c_proj.weight)
+    summary = det.load_report.summary()
+    assert "regionclip-pretrain" in summary and "RPN: the one passed (rpn=) replaces the file's" in summary
+    assert "teacher_backbone.* keys" in summary and "bbox_pred: newly initialised" in summary
+
+
+def test_training_augmentation_flips_boxes_with_the_image(tmp_path):
+    from regionclip.data.detection import DetectionRecord, TrainAugmentation
+
+    array = np.zeros((64, 128, 3), dtype=np.uint8)
+    array[20:50, 10:40] = 255
+    Image.fromarray(array).save(tmp_path / "a.png")
+    record = DetectionRecord(tmp_path / "a.png", 1, torch.tensor([[10.0, 20.0, 40.0, 50.0]]), torch.tensor([0]))
+    augmentation = TrainAugmentation(min_sizes=(32, 64), max_size=256)
+    image, target = augmentation.apply(record, 64, True)
+    assert image.original_size == (64, 128) and image.size == (64, 128)
+    assert target["boxes"].tolist() == [[88.0, 20.0, 118.0, 50.0]]
+    assert bool((image.pixels[:, 20:50, 88:118] == 255).all()) and float(image.pixels[:, 20:50, 10:40].max()) == 0
+    smaller, _ = augmentation.apply(record, 32, False)
+    assert smaller.size == (32, 64) and smaller.to_input_boxes(record.boxes).tolist() == [[5.0, 10.0, 20.0, 25.0]]
+    draws = {augmentation.draw(torch.Generator().manual_seed(s)) for s in range(40)}
+    assert draws == {(32, False), (32, True), (64, False), (64, True)}
