@@ -16,6 +16,7 @@ from regionclip import ModelConfig, OpenVocabularyDetector, RegionCLIP
 from regionclip.checkpoints.detectron2_rpn import save_detectron2_rpn
 from regionclip.cli import app
 from regionclip.finetune import FinetuneConfig, finetune
+from regionclip.finetune import main as finetune_main
 from regionclip.modeling.box_regression import BoxCoder
 from regionclip.modeling.matcher import match_by_iou
 from regionclip.modeling.roi_heads import (
@@ -309,6 +310,7 @@ def test_finetune_lowers_the_loss_and_evaluate_writes_results(tiny_files, tmp_pa
     result = CliRunner().invoke(app, ["finetune", "--config", str(tmp_path / "finetune.yaml"), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("24 steps") and f"detector in {tmp_path / 'run'}" in result.output
+    finetune_main(["--config", str(tmp_path / "finetune.yaml"), "--no-progress"])  # python -m regionclip.finetune
 
     out, metrics = tmp_path / "results.json", tmp_path / "metrics.json"
     result = CliRunner().invoke(app, [

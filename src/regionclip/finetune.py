@@ -21,7 +21,6 @@ from typing import Any
 import torch
 import yaml
 
-from .checkpoints.embeddings import load_embedding_file
 from .config import ModelConfig
 from .data.detection import OFFICIAL_TRAIN_MAX_SIZE, OFFICIAL_TRAIN_MIN_SIZES, TrainAugmentation, load_detection_split
 from .engine import (
