@@ -360,3 +360,49 @@ def test_training_augmentation_flips_boxes_with_the_image(tmp_path):
     assert smaller.size == (32, 64) and smaller.to_input_boxes(record.boxes).tolist() == [[5.0, 10.0, 20.0, 25.0]]
     draws = {augmentation.draw(torch.Generator().manual_seed(s)) for s in range(40)}
     assert draws == {(32, False), (32, True), (64, False), (64, True)}
+
+
+def _finetune_rank(rank: int, world_size: int, port: int, config_path: str) -> None:
+    import os
+
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    config = FinetuneConfig.from_yaml(config_path)
+    from regionclip.engine import cleanup_distributed, unwrap_model
+
+    try:
+        run = finetune(config, progress=False)
+        weights = unwrap_model(run.module).state_dict()
+        torch.save({k: v for k, v in weights.items() if k.startswith(("trunk.layer3", "head.", "bbox_pred"))},
+                   f"{config.output_dir}/rank{rank}.pt")
+    finally:
+        cleanup_distributed()
+
+
+@pytest.mark.slow  # two fresh interpreters importing torch
+def test_two_rank_finetune_keeps_the_ranks_in_sync(tiny_files, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    clip_path, rpn_path = tiny_files
+    train_json, train_images = write_dataset(tmp_path / "train", 4, seed=0)
+    config = FinetuneConfig(
+        weights=str(clip_path), rpn=str(rpn_path), train_annotations=str(train_json), train_images=str(train_images),
+        output_dir=str(tmp_path / "run"), steps=4, batch_size=2, milestones=[3], warmup_steps=1,
+        train_min_sizes=[112, 128], train_max_size=256, roi_heads=RoIHeadConfig(batch_size_per_image=32),
+    )
+    config.to_yaml(tmp_path / "config.yaml")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_finetune_rank, args=(2, port, str(tmp_path / "config.yaml")), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / "run" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() and len(ranks[0]) > 10
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    initial = OpenVocabularyDetector.from_pretrained(clip_path, torch.zeros(2, 32), rpn=rpn_path, device="cpu")
+    trained = [k for k in ranks[0] if k.startswith("trunk.layer3") and k.endswith("conv1.weight")]
+    assert trained and all(not torch.equal(ranks[0][k], initial.state_dict()[k]) for k in trained)  # it did train
+    assert (tmp_path / "run" / "model_final.pth").is_file()
