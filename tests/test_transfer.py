@@ -323,6 +323,18 @@ def test_finetune_lowers_the_loss_and_evaluate_writes_results(tiny_files, tmp_pa
     assert {"AP50_novel", "AP50_base", "AP50_all"} <= set(scores)
     assert 0 <= scores["AP50_all"] <= 100
 
+    # official embedding files for the test vocabulary (the annotation file's 3 categories) are used as given
+    from regionclip.checkpoints import save_embedding_file
+
+    save_embedding_file(tmp_path / "test_emb.pth", torch.randn(3, 32))
+    result = CliRunner().invoke(app, [
+        "evaluate", "--weights", str(tmp_path / "run" / "model_final.pth"), "--model", "tiny", "--annotations",
+        str(val_json), "--images", str(val_images), "--vocab-test", str(tmp_path / "test_emb.pth"), "--nms",
+        "--out", str(out), "--device", "cpu",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "test embeddings: passed [3, 32]" in result.output and "AP50_novel" in result.output
+
 
 def test_initialisation_from_a_pretraining_file_takes_the_student(tiny_files, tmp_path):
     from regionclip.checkpoints.pretraining import PretrainingWeights, save_pretraining_checkpoint
