@@ -418,3 +418,19 @@ def test_two_rank_finetune_keeps_the_ranks_in_sync(tiny_files, tmp_path):
     trained = [k for k in ranks[0] if k.startswith("trunk.layer3") and k.endswith("conv1.weight")]
     assert trained and all(not torch.equal(ranks[0][k], initial.state_dict()[k]) for k in trained)  # it did train
     assert (tmp_path / "run" / "model_final.pth").is_file()
+
+
+def test_training_categories_and_lvis_image_paths():
+    from regionclip.data.detection import image_file_name, training_vocabulary
+
+    split = {"categories": [{"id": 7, "name": "b", "split": "seen"}, {"id": 2, "name": "a", "split": "base"},
+                            {"id": 3, "name": "n", "split": "unseen"}]}
+    assert training_vocabulary(split).category_ids == (2, 7)  # base only, sorted by id: labels 0, 1
+    lvis = {"categories": [{"id": i, "name": f"c{i}", "frequency": f} for i, f in ((1, "r"), (2, "c"), (3, "f"))]}
+    assert training_vocabulary(lvis).category_ids == (2, 3)  # rare categories are the novel ones
+    assert training_vocabulary(lvis, [1]).category_ids == (1,)
+    with pytest.raises(ValueError, match="not in the annotations"):
+        training_vocabulary(lvis, [9])
+    assert image_file_name({"id": 1, "coco_url": "http://images.cocodataset.org/val2017/000000000139.jpg"}) == (
+        "val2017/000000000139.jpg"
+    )
