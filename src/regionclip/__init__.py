@@ -3,8 +3,9 @@
 from .api import RegionCLIP
 from .config import ModelConfig
 from .data.images import RangedImage
+from .modeling.meta_arch import OpenVocabularyDetector
 from .results import RegionPredictions
 from .text.vocabulary import Vocabulary
 
-__all__ = ["ModelConfig", "RangedImage", "RegionCLIP", "RegionPredictions", "Vocabulary"]
+__all__ = ["ModelConfig", "OpenVocabularyDetector", "RangedImage", "RegionCLIP", "RegionPredictions", "Vocabulary"]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Command line: ``regionclip classify | detect | extract-features | evaluate-zeroshot | embed-vocab | concepts | demo``.
+"""Command line: ``regionclip classify | detect | extract-features | evaluate-zeroshot | embed-vocab | concepts | finetune | evaluate | demo``.
 
 Options are checked before any weights load (bad ones are usage errors, exit status 2); the errors a user can act
 on print one ``error: ...`` line and exit with status 1 (``regionclip --debug ...`` shows the traceback); images
@@ -531,6 +531,94 @@ def concepts(
     pool = build_concept_pool(tqdm(caption_stream, desc="parsing captions", unit=" captions"), min_count, nlp=nlp)
     write_concept_pool(out, pool)
     typer.echo(f"wrote {out}: {len(pool)} concepts")
+
+
+@_command()
+def finetune(
+    config: Path = typer.Option(..., "--config", help="Fine-tuning YAML (see configs/transfer/)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Fine-tune an open-vocabulary detector on COCO-format data (resumes an interrupted run).
+
+    Several GPUs/processes: torchrun --nproc-per-node N -m regionclip.finetune --config CONFIG."""
+    from .finetune import FinetuneConfig
+    from .finetune import finetune as run_finetune
+
+    try:
+        settings = FinetuneConfig.from_yaml(config)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        raise typer.BadParameter(str(error), param_hint="--config") from None
+    run = run_finetune(settings, progress=progress)
+    last = run.losses[-1] if run.losses else {}
+    typer.echo(f"{run.step} steps in {run.seconds:.0f} s; last losses {last}; detector in {settings.output_dir}")
+
+
+def _vocabulary_or_embeddings(spec: Optional[str]):
+    """(vocabulary, embeddings file): a ``.pth`` is an official embedding file, anything else a vocabulary."""
+    from .text.vocabulary import Vocabulary
+
+    if spec is None:
+        return None, None
+    if spec.endswith(".pth"):
+        if not Path(spec).is_file():
+            raise typer.BadParameter(f"embedding file not found: {spec}")
+        return None, Path(spec)
+    return Vocabulary.parse(spec), None
+
+
+@_command()
+def evaluate(
+    weights: str = typer.Option(..., "--weights", help="Detector weights (official fine-tuned .pth or ours)."),
+    annotations: Path = typer.Option(..., "--annotations", help="COCO (OV-COCO) or LVIS instances json."),
+    images: Path = typer.Option(..., "--images", help="Image folder."),
+    vocab_train: Optional[str] = typer.Option(
+        None, "--vocab-train", help="Base categories (vocabulary: their ids are the base split) or their embeddings .pth."
+    ),
+    vocab_test: Optional[str] = typer.Option(
+        None, "--vocab-test", help="Test vocabulary, or embeddings .pth for the annotation file's categories (default)."
+    ),
+    rpn: Optional[Path] = typer.Option(None, "--rpn", help="detectron2 RPN .pth when the weights carry none."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model preset for weight files without a config."),
+    soft_nms: bool = typer.Option(True, "--soft-nms/--nms", help="Gaussian soft-NMS (official) or hard NMS."),
+    score_fusion: Optional[str] = typer.Option(None, "--score-fusion", help="Default none (COCO) / official (LVIS)."),
+    max_images: Optional[int] = typer.Option(None, "--max-images"),
+    batch_size: int = typer.Option(4, "--batch-size"),
+    out: Path = typer.Option(Path("coco_instances_results.json"), "--out", help="COCO results json."),
+    metrics_out: Optional[Path] = typer.Option(None, "--metrics-out", help="Write the metrics json here."),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Open-vocabulary detection AP: OV-COCO AP50 novel/base/all, or LVIS AP/APr/APc/APf (300 detections)."""
+    from .config import ModelConfig
+    from .evaluation import evaluate_zeroshot, format_metrics
+    from .evaluation._common import load_ground_truth
+    from .evaluation.zeroshot import is_lvis_style
+    from .modeling.meta_arch import OpenVocabularyDetector, transfer_detection_config
+    from .utils import write_json
+
+    if not annotations.is_file():
+        raise typer.BadParameter(f"annotation file not found: {annotations}", param_hint="--annotations")
+    gt = load_ground_truth(annotations)
+    lvis = is_lvis_style(gt)
+    base_vocabulary, train_file = _vocabulary_or_embeddings(vocab_train)
+    test_vocabulary, test_file = _vocabulary_or_embeddings(vocab_test)
+    detector = OpenVocabularyDetector.from_pretrained(
+        weights, train_embeddings=train_file, test_embeddings=test_file, rpn=rpn,
+        config=ModelConfig.preset(model) if model else None, device=device,
+    )
+    typer.echo(detector.load_report.summary())
+    if base_vocabulary is not None and not lvis:
+        base = set(base_vocabulary.category_ids)
+        gt["categories"] = [{**c, "split": "base" if c["id"] in base else "novel"} for c in gt["categories"]]
+    options = {"soft_nms": soft_nms, **({"score_fusion": score_fusion} if score_fusion else {})}
+    metrics, results = evaluate_zeroshot(
+        detector, gt, images, boxes="rpn", vocabulary=test_vocabulary,
+        config=transfer_detection_config(lvis, **options), max_images=max_images, batch_size=batch_size,
+    )
+    typer.echo(format_metrics(metrics))
+    write_json(out, results)
+    typer.echo(f"wrote {out}")
+    if metrics_out is not None:
+        write_json(metrics_out, metrics, undefined_as_null=True, indent=1)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Load released weights with ``regionclip.checkpoints.detectron2_rpn.load_detectro
 """
 
 from .anchors import AnchorGenerator, cell_anchors, grid_anchors
-from .box_coder import BoxCoder
+from ..box_regression import BoxCoder
 from .config import CAFFE_PIXEL_MEAN_BGR, DEFAULT_SCALE_CLAMP, RPNConfig
 from .fpn import FPN
 from .head import StandardRPNHead

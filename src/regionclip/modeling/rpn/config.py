@@ -14,17 +14,16 @@ and ``RPNConfig.tiny()`` is a CPU-trainable miniature for tests and the syntheti
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..box_regression import DEFAULT_SCALE_CLAMP
+
 CAFFE_PIXEL_MEAN_BGR = (103.530, 116.280, 123.675)
 CAFFE_PIXEL_STD = (1.0, 1.0, 1.0)
-# detectron2's Box2BoxTransform clamp: dw/dh never scale a 16-px box beyond 1000 px.
-DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
 
 RESNET_BLOCKS_BY_DEPTH: dict[int, tuple[int, int, int, int]] = {
     50: (3, 4, 6, 3),

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .anchors import AnchorGenerator
-from .box_coder import BoxCoder
+from ..box_regression import BoxCoder
 from .config import RPNConfig
 from .fpn import FPN
 from .head import StandardRPNHead

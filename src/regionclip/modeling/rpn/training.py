@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
-from .box_coder import BoxCoder
+from ..box_regression import BoxCoder, smooth_l1
+from ..matcher import match_by_iou
+from ..sampling import sample_foreground_background
 
 BACKGROUND, IGNORE, FOREGROUND = 0, -1, 1
 
@@ -26,29 +28,12 @@ BACKGROUND, IGNORE, FOREGROUND = 0, -1, 1
 def match_anchors(
     iou: torch.Tensor, thresholds: tuple[float, float] = (0.3, 0.7), allow_low_quality_matches: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Label anchors from an IoU matrix ``[num_gt, num_anchors]``.
+    """Label anchors from an IoU matrix ``[num_gt, num_anchors]`` (`match_by_iou` with the RPN's labels).
 
     Returns ``(matched_gt_index [A] int64, labels [A] int8 in {-1, 0, 1})``. With no ground truth every
     anchor is background.
     """
-    if iou.dim() != 2:
-        raise ValueError(f"iou must be [num_gt, num_anchors], got shape {tuple(iou.shape)}")
-    num_anchors = iou.shape[1]
-    if iou.numel() == 0:
-        return (
-            torch.zeros(num_anchors, dtype=torch.int64, device=iou.device),
-            torch.full((num_anchors,), BACKGROUND, dtype=torch.int8, device=iou.device),
-        )
-    lo, hi = thresholds
-    best_iou, matched = iou.max(dim=0)
-    labels = torch.full_like(matched, FOREGROUND, dtype=torch.int8)
-    labels[best_iou < lo] = BACKGROUND
-    labels[(best_iou >= lo) & (best_iou < hi)] = IGNORE
-    if allow_low_quality_matches:
-        best_per_gt, _ = iou.max(dim=1)
-        anchor_idx = torch.nonzero(iou == best_per_gt[:, None], as_tuple=True)[1]
-        labels[anchor_idx] = FOREGROUND
-    return matched, labels
+    return match_by_iou(iou, thresholds, (BACKGROUND, IGNORE, FOREGROUND), allow_low_quality_matches)
 
 
 def subsample_labels(
@@ -59,12 +44,9 @@ def subsample_labels(
 ) -> torch.Tensor:
     """Keep ``min(#pos, int(batch_size * positive_fraction))`` random positives and fill up to
     ``batch_size`` with random negatives; all other anchors become -1. Returns a new label tensor."""
-    positive = torch.nonzero(labels == FOREGROUND, as_tuple=True)[0]
-    negative = torch.nonzero(labels == BACKGROUND, as_tuple=True)[0]
-    num_pos = min(positive.numel(), int(batch_size * positive_fraction))
-    num_neg = min(negative.numel(), batch_size - num_pos)
-    pos_pick = positive[torch.randperm(positive.numel(), generator=generator)[:num_pos].to(labels.device)]
-    neg_pick = negative[torch.randperm(negative.numel(), generator=generator)[:num_neg].to(labels.device)]
+    pos_pick, neg_pick = sample_foreground_background(
+        labels == FOREGROUND, labels == BACKGROUND, batch_size, positive_fraction, generator
+    )
     out = torch.full_like(labels, IGNORE)
     out[pos_pick] = FOREGROUND
     out[neg_pick] = BACKGROUND
@@ -93,14 +75,6 @@ def label_and_sample_anchors(
         all_labels.append(labels)
         all_matched.append(boxes[matched] if len(boxes) else torch.zeros_like(anchors))
     return torch.stack(all_labels), torch.stack(all_matched)
-
-
-def smooth_l1(input: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
-    """Summed smooth-L1; ``beta < 1e-5`` is plain L1 (detectron2/fvcore convention)."""
-    diff = torch.abs(input - target)
-    if beta < 1e-5:
-        return diff.sum()
-    return torch.where(diff < beta, 0.5 * diff**2 / beta, diff - 0.5 * beta).sum()
 
 
 def rpn_losses(

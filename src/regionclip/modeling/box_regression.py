@@ -1,4 +1,7 @@
-"""R-CNN box parameterisation (detectron2 Box2BoxTransform semantics).
+"""R-CNN box parameterisation (detectron2 Box2BoxTransform semantics) and the smooth-L1 box loss.
+
+Shared by the RPN (anchors → proposals, weights (1, 1, 1, 1)) and the Fast R-CNN box head (proposals → boxes,
+weights (10, 10, 5, 5)).
 
 For a source box with width w, height h and centre (cx, cy), and weights (wx, wy, ww, wh):
 ``dx = wx (cx' - cx) / w``, ``dy = wy (cy' - cy) / h``, ``dw = ww log(w' / w)``, ``dh = wh log(h' / h)``.
@@ -9,9 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
 import torch
 
-from .config import DEFAULT_SCALE_CLAMP
+# dw, dh are clamped at log(1000/16) before exp, so a box grows at most 1000/16 times per decoding
+DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
 
 
 class BoxCoder:
@@ -68,3 +74,11 @@ class BoxCoder:
         x2 = pred_ctr_x + 0.5 * pred_w
         y2 = pred_ctr_y + 0.5 * pred_h
         return torch.stack((x1, y1, x2, y2), dim=-1).reshape(deltas.shape)
+
+
+def smooth_l1(input: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
+    """Summed smooth-L1; ``beta < 1e-5`` is plain L1 (detectron2/fvcore convention)."""
+    diff = torch.abs(input - target)
+    if beta < 1e-5:
+        return diff.sum()
+    return torch.where(diff < beta, 0.5 * diff**2 / beta, diff - 0.5 * beta).sum()
