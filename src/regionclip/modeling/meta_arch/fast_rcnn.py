@@ -311,14 +311,16 @@ class OpenVocabularyDetector(RegionCLIP):
         vocabulary = Vocabulary.parse(vocabulary)
         weights = self._test_embeddings(vocabulary, class_embeddings, templates)
         predictions = []
-        for items, prepared, batch_boxes in self._batches(images, boxes, batch_size, image_ids, progress):
+        for items, prepared, batch_boxes, batch_valid in self._batches(images, boxes, batch_size, image_ids, progress):
             if batch_boxes is None:
                 found = self._rpn_proposals(prepared, config)
                 input_boxes = [p.boxes for p in found]
                 objectness: list[torch.Tensor | None] = [p.objectness_logits for p in found]
                 fusion = config.score_fusion
             else:
-                input_boxes = [p.to_input_boxes(b).to(self.device) for p, b in zip(prepared, batch_boxes)]
+                input_boxes = [
+                    p.to_input_boxes(b[v]).to(self.device) for p, b, v in zip(prepared, batch_boxes, batch_valid)
+                ]
                 objectness, fusion = [None] * len(prepared), "none"
             features = self.encode_boxes(prepared, input_boxes)
             for item, image, boxes, logits, feats in zip(items, prepared, input_boxes, objectness, features):
