@@ -38,11 +38,11 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from regionclip import ModelConfig, RegionCLIP, Vocabulary
-from regionclip.detection import DetectionConfig
-from regionclip.modeling.clip_parts import attention_pool_first_token, build_open_clip
-from regionclip.modeling.frozen_bn import fold_batchnorm
-from regionclip.modeling.rpn import RPNConfig
-from regionclip.modeling.rpn.network import ProposalNetwork
+from regionclip.modeling.backbone import build_open_clip
+from regionclip.modeling.layers import fold_batchnorm
+from regionclip.modeling.meta_arch import ProposalNetwork
+from regionclip.modeling.proposal_generator import RPNConfig
+from regionclip.modeling.roi_heads import DetectionConfig, attention_pool_first_token
 from regionclip.precision import autocast
 from regionclip.text.templates import ENSEMBLE_TEMPLATES
 from regionclip.utils import atomic_write_text

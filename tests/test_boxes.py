@@ -9,8 +9,8 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from regionclip.modeling import clip_parts
-from regionclip.modeling.clip_parts import RoIPooler
+from regionclip.modeling import poolers
+from regionclip.modeling.poolers import RoIPooler
 from regionclip.viz import draw_predictions
 
 VOCABULARY = ["cat", "dog", "car"]
@@ -45,7 +45,10 @@ def test_empty_and_outside_boxes_are_flagged_in_every_format(tiny_model, sample_
     assert len(regions[0]["labels"]) == 2
     assert {tuple(e["bbox"]) for e in pred.to_coco()} == {(10.0, 20.0, 50.0, 50.0), (0.0, 0.0, 128.0, 96.0)}
     assert len(pred.to_coco()) == 4 and len(pred.to_hf()) == 4
-    assert len(pred.to_supervision()) == 2
+    detections = pred.to_supervision()  # the two valid boxes, top-1 label each
+    assert detections.xyxy.tolist() == [[10, 20, 60, 70], [0, 0, 128, 96]]
+    assert np.array_equal(detections.class_id, pred.labels[[0, 3], 0])
+    assert np.array_equal(detections.confidence, pred.scores[[0, 3], 0])
     processor = pred.to_processor_dict()
     assert processor["valid"].tolist() == [True, False, False, True]
     assert processor["text_labels"][1] is None and processor["text_labels"][0] == VOCABULARY[int(processor["labels"][0])]
@@ -110,7 +113,7 @@ def test_boxes_over_the_sampling_cap_match_roi_align_at_bounded_cost(monkeypatch
         grids.append(torch.ceil((rois[:, 3:5] - rois[:, 1:3]) * spatial_scale / output_size).max().item() if len(rois) else 0)
         return roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
 
-    monkeypatch.setattr(clip_parts, "roi_align", recording_roi_align)
+    monkeypatch.setattr(poolers, "roi_align", recording_roi_align)
     features = torch.randn(1, 4, 64, 64, generator=generator)
     huge = torch.tensor([[-1e5, -1e5, 1.4e5, 1.4e5], [0.0, 0.0, 200.0, 300.0]])  # the first once took 82 s and 2.7 GB
     pooled = pooler(features, [huge])

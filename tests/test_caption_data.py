@@ -189,12 +189,11 @@ def test_a_sample_is_a_function_of_seed_and_position(coco_captions):
     assert torch.equal(batch.images[2, :, :h, :w], expected.pixels)
 
 
-def test_world_caption_split_in_memory(tmp_path):
+def test_world_caption_split_in_memory(tiny_world):
     from regionclip.data.captions import SplitCaptionPairs
-    from regionclip.synthetic import WorldConfig, generate_world
-    from regionclip.training.data import load_split
+    from regionclip.world.data import load_split
 
-    world = generate_world(WorldConfig.tiny(), tmp_path / "worlds", progress=False, num_workers=1)
+    world = tiny_world
     split = load_split(world, "pretrain")
     in_memory, from_files = SplitCaptionPairs(split), CocoCaptionPairs.from_world(world, "pretrain")
     assert len(in_memory) == len(from_files) == len(split)

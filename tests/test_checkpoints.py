@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_model
 from regionclip import ModelConfig, RegionCLIP
 from regionclip.checkpoints import infer_config, load_checkpoint, read_state_dict, split_checkpoint
 from regionclip.checkpoints.detectron2_rpn import rpn_state_dict_for_detectron2
-from regionclip.modeling.clip_parts import build_open_clip
-from regionclip.modeling.frozen_bn import fold_batchnorm
-from regionclip.modeling.rpn import ProposalNetwork, RPNConfig
+from regionclip.modeling.backbone import build_open_clip
+from regionclip.modeling.layers import fold_batchnorm
+from regionclip.modeling.meta_arch import ProposalNetwork
+from regionclip.modeling.proposal_generator import RPNConfig
 
 BOXES = [[0, 0, 64, 64], [10, 5, 50, 60]]
 
@@ -77,7 +77,7 @@ def test_openai_torchscript_archive_loads(tiny_model, tmp_path):
     torch.testing.assert_close(_embeddings(loaded), _embeddings(tiny_model), atol=0, rtol=0)
 
 
-def test_official_regionclip_checkpoint_student_and_teacher(tmp_path):
+def test_official_regionclip_checkpoint_student_and_teacher(tmp_path, make_model):
     config = ModelConfig.tiny()
     student, teacher = make_model(config, seed=1), make_model(config, seed=2)
     state = {**_to_detectron2(teacher, "teacher_backbone."), **_to_detectron2(student, "backbone.")}
@@ -107,7 +107,7 @@ def test_official_regionclip_checkpoint_student_and_teacher(tmp_path):
     assert not torch.allclose(_embeddings(loaded_student), _embeddings(loaded_teacher))
 
 
-def test_oai_clip_teacher_student_file(tmp_path):
+def test_oai_clip_teacher_student_file(tmp_path, make_model):
     """The official 'teacher_RN50_student_RN50_OAI_CLIP.pth' layout: student, teacher and both text towers."""
     model = make_model(ModelConfig.tiny(), seed=4)
     state = {**_to_detectron2(model, "backbone."), **_to_detectron2(model, "teacher_backbone.")}
@@ -120,7 +120,7 @@ def test_oai_clip_teacher_student_file(tmp_path):
         torch.testing.assert_close(_embeddings(loaded), _embeddings(model), atol=0, rtol=0)
 
 
-def test_regionclip_checkpoint_without_text_encoder_needs_embeddings(tmp_path, sample_images):
+def test_regionclip_checkpoint_without_text_encoder_needs_embeddings(tmp_path, sample_images, make_model):
     model = make_model(ModelConfig.tiny())
     state = {k: v for k, v in _to_detectron2(model, "backbone.").items() if not k.startswith("lang_encoder.")}
     path = tmp_path / "zeroshot_gt.pth"

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_model
 from regionclip import ModelConfig, Vocabulary
 from regionclip.checkpoints import load_embedding_file
 from regionclip.cli import app
@@ -63,7 +62,7 @@ def test_percent_format_follows_the_appendix():
     assert [format_percent(p) for p in (0.995, 0.0043, 0.0002, 0.129, 0.0097)] == ["99.5%", "0.43%", "0.02%", "12.9%", "0.97%"]
 
 
-def test_cli_classify_embed_and_compare(tmp_path, sample_images):
+def test_cli_classify_embed_and_compare(tmp_path, sample_images, make_model):
     runner = CliRunner()
     weights_a = make_model(ModelConfig.tiny(), seed=0).save_pretrained(tmp_path / "a")
     weights_b = make_model(ModelConfig.tiny(), seed=1).save_pretrained(tmp_path / "b")

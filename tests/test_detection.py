@@ -11,13 +11,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_model
 from regionclip import ModelConfig, RegionCLIP
 from regionclip.checkpoints.detectron2_rpn import save_detectron2_rpn
 from regionclip.cli import app
-from regionclip.detection import DetectionConfig, fuse_scores, select_detections, soft_nms_gaussian
+from regionclip.modeling.roi_heads.postprocessing import DetectionConfig, fuse_scores, select_detections, soft_nms_gaussian
 from regionclip.evaluation import evaluate_zeroshot
-from regionclip.modeling.rpn import ProposalNetwork, RPNConfig
 
 
 def test_official_fusion_uses_raw_logits_and_drops_negative_ones():
@@ -58,19 +56,8 @@ def test_gaussian_soft_nms_matches_hand_computation():
     assert keep.tolist() == [0]  # both others fall under the prune threshold
 
 
-def _model_with_rpn(seed: int = 0) -> RegionCLIP:
-    model = make_model(ModelConfig.tiny(), seed=seed)
-    torch.manual_seed(seed)
-    model.rpn = ProposalNetwork(RPNConfig.tiny("fpn")).freeze()
-    # Centre the proposals' random objectness logits on 0 so both signs occur (the official fusion drops negatives).
-    probe = torch.randint(0, 256, (3, 128, 160), generator=torch.Generator().manual_seed(seed)).float()
-    median = model.rpn([probe], nms_thresh=0.9)[0].objectness_logits.median()
-    model.rpn.proposal_generator.rpn_head.objectness_logits.bias.data -= median
-    return model
-
-
-def test_detect_with_rpn_official_and_sigmoid_fusion(sample_images):
-    model = _model_with_rpn()
+def test_detect_with_rpn_official_and_sigmoid_fusion(sample_images, make_model_with_rpn):
+    model = make_model_with_rpn()
     images = [str(p) for p in sample_images]
     # Class embeddings taken from region features, so random weights still give probabilities above threshold.
     classes = model.embed_regions(images[0], [[0, 0, 60, 50], [10, 20, 120, 90], [0, 0, 128, 96]])[0]
@@ -91,8 +78,8 @@ def test_detect_with_rpn_official_and_sigmoid_fusion(sample_images):
         assert (pred.scores <= 1).all()
 
 
-def test_detect_in_given_boxes_is_gt_mode(sample_images):
-    model = _model_with_rpn()
+def test_detect_in_given_boxes_is_gt_mode(sample_images, make_model_with_rpn):
+    model = make_model_with_rpn()
     boxes = [[0, 0, 60, 50], [64, 48, 128, 96]]
     pred = model.detect(str(sample_images[0]), "cat,dog,kite", boxes=boxes, templates="single")[0]
     np.testing.assert_allclose(pred.scores[:, 0], pred.extras["class_probability"])
@@ -105,8 +92,8 @@ def test_detect_needs_an_rpn(tiny_model, sample_images):
         tiny_model.detect(str(sample_images[0]), "cat,dog")
 
 
-def test_detectron2_rpn_file_attaches_with_zero_unused_keys(tmp_path, sample_images):
-    model = _model_with_rpn(seed=1)
+def test_detectron2_rpn_file_attaches_with_zero_unused_keys(tmp_path, sample_images, make_model, make_model_with_rpn):
+    model = make_model_with_rpn(seed=1)
     rpn_file = tmp_path / "rpn_tiny.pth"
     save_detectron2_rpn(model.rpn, rpn_file)
     weights = make_model(ModelConfig.tiny(), seed=1).save_pretrained(tmp_path / "clip_only")
@@ -121,8 +108,8 @@ def test_detectron2_rpn_file_attaches_with_zero_unused_keys(tmp_path, sample_ima
     np.testing.assert_allclose(bundled.detect(str(sample_images[0]), "cat,dog", templates="single")[0].boxes, b.boxes, atol=1e-4)
 
 
-def test_extract_features_is_resumable(tmp_path, sample_images):
-    model = _model_with_rpn()
+def test_extract_features_is_resumable(tmp_path, sample_images, make_model_with_rpn):
+    model = make_model_with_rpn()
     weights = model.save_pretrained(tmp_path / "w")
     image_dir = sample_images[0].parent
     out = tmp_path / "features"
@@ -148,23 +135,8 @@ def test_extract_features_is_resumable(tmp_path, sample_images):
     assert "wrote 1 files" in result.output and [f.stat().st_mtime_ns for f in (files[0], files[2])] == [mtimes[0], mtimes[2]]
 
 
-def _coco_fixture(tmp_path):
-    """Three images, one category, non-overlapping GT boxes."""
-    rng = np.random.default_rng(3)
-    images, annotations = [], []
-    for image_id in (1, 2, 3):
-        array = rng.integers(0, 256, (100, 140, 3), dtype=np.uint8)
-        Image.fromarray(array).save(tmp_path / f"{image_id}.png")
-        images.append({"id": image_id, "file_name": f"{image_id}.png", "height": 100, "width": 140})
-        for k, box in enumerate(([5, 5, 40, 30], [70, 50, 60, 45])):
-            annotations.append({"id": image_id * 10 + k, "image_id": image_id, "category_id": 7, "bbox": box,
-                                "area": box[2] * box[3], "iscrowd": 0})
-    images.append({"id": 4, "file_name": "unannotated.png", "height": 10, "width": 10})  # skipped like the official loader
-    return {"images": images, "annotations": annotations, "categories": [{"id": 7, "name": "thing", "split": "novel"}]}
-
-
-def test_zero_shot_gt_evaluation_end_to_end(tmp_path, tiny_model):
-    gt = _coco_fixture(tmp_path)
+def test_zero_shot_gt_evaluation_end_to_end(tmp_path, tiny_model, coco_ground_truth):
+    gt = coco_ground_truth
     boxes = {im["id"]: [] for im in gt["images"]}
     for ann in gt["annotations"]:
         x, y, w, h = ann["bbox"]
@@ -191,11 +163,11 @@ def test_zero_shot_gt_evaluation_end_to_end(tmp_path, tiny_model):
     assert json.loads((tmp_path / "m.json").read_text())["AP50"] == pytest.approx(100.0)
 
 
-def test_cli_detect_draws_labelled_boxes_on_a_real_photo(tmp_path):
+def test_cli_detect_draws_labelled_boxes_on_a_real_photo(tmp_path, make_model_with_rpn):
     skimage_data = pytest.importorskip("skimage.data")
     photo = tmp_path / "astronaut.png"
     Image.fromarray(skimage_data.astronaut()).save(photo)
-    model = _model_with_rpn()
+    model = make_model_with_rpn()
     weights = model.save_pretrained(tmp_path / "bundle")
     out = tmp_path / "detections.json"
     result = CliRunner().invoke(

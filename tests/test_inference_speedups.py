@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
-from conftest import make_model
 from regionclip import ModelConfig, RegionCLIP
-from regionclip.modeling.clip_parts import CLIPTextEncoder, build_open_clip
-from regionclip.modeling.frozen_bn import BatchNormFoldedConv2d, FrozenBatchNorm2d, fold_batchnorm
+from regionclip.modeling.backbone import build_open_clip
+from regionclip.modeling.text_encoder import CLIPTextEncoder
+from regionclip.modeling.layers import BatchNormFoldedConv2d, FrozenBatchNorm2d, fold_batchnorm
 from regionclip.text.embedder import TextEmbedder, module_fingerprint
 from regionclip.text.templates import resolve_templates
 
@@ -80,7 +80,7 @@ def test_text_cache_key_and_file_format_are_unchanged(tiny_model):
     assert F.cosine_similarity(bf16, embeddings).min() > 0.99
 
 
-def _rn50_model() -> RegionCLIP:
+def _rn50_model(make_model) -> RegionCLIP:
     config = ModelConfig.rn50()
     config.input.min_size = None
     return make_model(config, seed=3)  # random weights, randomised BatchNorm statistics
@@ -93,8 +93,8 @@ def _image() -> torch.Tensor:
     return torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
 
 
-def test_folded_batchnorm_matches_unfolded_and_keeps_the_state_dict(tmp_path):
-    model = _rn50_model()
+def test_folded_batchnorm_matches_unfolded_and_keeps_the_state_dict(tmp_path, make_model):
+    model = _rn50_model(make_model)
     image = _image()
     unfolded = model.embed_regions(image, REGIONS, normalize=False)[0]
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -120,7 +120,7 @@ def test_folded_batchnorm_matches_unfolded_and_keeps_the_state_dict(tmp_path):
     torch.testing.assert_close(loaded.embed_regions(image, REGIONS, normalize=False)[0], folded, atol=0, rtol=0)
 
 
-def test_folded_model_follows_newly_loaded_weights_and_trains_unfolded():
+def test_folded_model_follows_newly_loaded_weights_and_trains_unfolded(make_model):
     model = make_model(ModelConfig.tiny(), seed=0)
     other = make_model(ModelConfig.tiny(), seed=1)
     image = _image()
@@ -145,8 +145,8 @@ def test_folded_model_follows_newly_loaded_weights_and_trains_unfolded():
                                atol=1e-5, rtol=0)
 
 
-def test_whole_image_box_equals_clip_image_embedding_when_folded():
-    model = _rn50_model()
+def test_whole_image_box_equals_clip_image_embedding_when_folded(make_model):
+    model = _rn50_model(make_model)
     fold_batchnorm(model.trunk)
     fold_batchnorm(model.head)
     clip = build_open_clip(model.config)
@@ -160,7 +160,7 @@ def test_whole_image_box_equals_clip_image_embedding_when_folded():
     assert (region - reference).abs().max().item() <= 1e-5
 
 
-def test_bf16_outputs_are_fp32_and_close_to_fp32(sample_images):
+def test_bf16_outputs_are_fp32_and_close_to_fp32(sample_images, make_model):
     model = make_model(ModelConfig.tiny(), seed=0)
     boxes = [[[0, 0, 60, 50], [10, 20, 120, 90], [30, 40, 100, 95]], [[5, 5, 40, 40]], [[0, 0, 80, 120], [30, 10, 70, 100]]]
     images = [str(p) for p in sample_images]

@@ -13,13 +13,11 @@ from PIL import Image
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from conftest import make_model
-from regionclip import ModelConfig, Vocabulary
+from regionclip import Vocabulary
 from regionclip.cli import app
 from regionclip.features import extract_region_features
 from regionclip.results import RegionPredictions
 from regionclip.utils import atomic_write_text
-from test_detection import _model_with_rpn
 
 BOXES = [[[0, 0, 60, 50], [10, 20, 120, 90]], [[5, 5, 40, 40]], [[0, 0, 80, 120]]]
 
@@ -33,9 +31,9 @@ def _strict_json(text: str):
 
 
 @pytest.fixture(scope="module")
-def rpn_weights(tmp_path_factory):
+def rpn_weights(tmp_path_factory, make_model_with_rpn):
     """A tiny CLIP + RPN bundle on disk, and the model it was saved from."""
-    model = _model_with_rpn()
+    model = make_model_with_rpn()
     return model.save_pretrained(tmp_path_factory.mktemp("bundle")), model
 
 
@@ -100,10 +98,8 @@ def test_predictions_with_non_finite_scores_are_refused():
         RegionPredictions(scores=np.full((1, 1), np.nan, np.float32), source="photo.jpg", **good)
 
 
-def test_evaluation_metrics_json_writes_undefined_metrics_as_null(tmp_path, tiny_model):
-    from test_detection import _coco_fixture
-
-    gt = _coco_fixture(tmp_path)  # small and medium boxes only: APl is undefined
+def test_evaluation_metrics_json_writes_undefined_metrics_as_null(tmp_path, tiny_model, coco_ground_truth):
+    gt = coco_ground_truth  # small and medium boxes only: APl is undefined
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     boxes = {i: [] for i in (1, 2, 3)}
     for ann in gt["annotations"]:
@@ -204,12 +200,12 @@ def test_extract_features_refuses_to_resume_with_other_settings(tmp_path, rpn_we
     assert not (out / "b.png.safetensors").exists()  # nothing mixed in
 
 
-def test_extract_features_refuses_other_weights_and_files_without_settings(tmp_path, rpn_weights):
+def test_extract_features_refuses_other_weights_and_files_without_settings(tmp_path, rpn_weights, make_model_with_rpn):
     weights, model = rpn_weights
     images = _image_folder(tmp_path / "images", ["a.png"])
     out = tmp_path / "features"
     extract_region_features(model, images, out, num_proposals=5, progress=False)
-    other = _model_with_rpn(seed=1)
+    other = make_model_with_rpn(seed=1)
     with pytest.raises(ValueError, match="other settings \\(weights"):
         extract_region_features(other, images, out, num_proposals=5, progress=False)
     from safetensors.torch import save_file

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from regionclip import ModelConfig, RegionCLIP
-from regionclip.modeling.rpn import ProposalNetwork, RPNConfig
+from regionclip.modeling.meta_arch import ProposalNetwork
+from regionclip.modeling.proposal_generator import RPNConfig
 
 PINNED = Path(__file__).parent / "data" / "pinned_outputs.json"
 GT_BOXES = [[4.0, 6.0, 70.0, 60.0], [30.5, 12.25, 150.0, 100.0], [0.0, 0.0, 160.0, 120.0], [90.0, 40.0, 130.0, 118.0]]

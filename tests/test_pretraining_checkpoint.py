@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_model
 from regionclip import ModelConfig, RegionCLIP
 from regionclip.checkpoints.detectron2_rpn import rpn_state_dict_for_detectron2
 from regionclip.checkpoints.pretraining import (
@@ -14,8 +13,9 @@ from regionclip.checkpoints.pretraining import (
     read_pretraining_checkpoint,
     save_pretraining_checkpoint,
 )
-from regionclip.modeling.clip_parts import build_open_clip
-from regionclip.modeling.rpn import ProposalNetwork, RPNConfig
+from regionclip.modeling.backbone import build_open_clip
+from regionclip.modeling.meta_arch import ProposalNetwork
+from regionclip.modeling.proposal_generator import RPNConfig
 
 
 def _shape_only_state(module: torch.nn.Module, first_value: int, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -72,7 +72,7 @@ def test_rn50_pretraining_file_has_1004_keys_and_round_trips(tmp_path):
     assert all(torch.equal(rewritten[k], stored["model"][k]) for k in rewritten)
 
 
-def _tiny_parts(seed: int = 0):
+def _tiny_parts(make_model, seed: int = 0):
     config = ModelConfig.tiny()
     student, teacher = make_model(config, seed=seed), make_model(config, seed=seed + 1)
     torch.manual_seed(seed)
@@ -86,8 +86,8 @@ def _tiny_weights(student: RegionCLIP, teacher: RegionCLIP, rpn: ProposalNetwork
     return PretrainingWeights(visual(student), visual(teacher), text, rpn_state_dict_for_detectron2(rpn))
 
 
-def test_tiny_pretraining_file_loads_strictly_and_as_a_regionclip_student(tmp_path):
-    config, student, teacher, rpn = _tiny_parts()
+def test_tiny_pretraining_file_loads_strictly_and_as_a_regionclip_student(tmp_path, make_model):
+    config, student, teacher, rpn = _tiny_parts(make_model)
     path = save_pretraining_checkpoint(tmp_path / "pretrained.pth", _tiny_weights(student, teacher, rpn))
     weights, report = read_pretraining_checkpoint(path)
     assert report.ok and not report.unused_keys and not report.missing_keys
@@ -112,8 +112,8 @@ def test_tiny_pretraining_file_loads_strictly_and_as_a_regionclip_student(tmp_pa
                            weights.rpn["offline_proposal_generator.rpn_head.conv.weight"])
 
 
-def test_strict_reading_reports_missing_unused_and_mismatched_keys(tmp_path):
-    config, student, teacher, rpn = _tiny_parts()
+def test_strict_reading_reports_missing_unused_and_mismatched_keys(tmp_path, make_model):
+    config, student, teacher, rpn = _tiny_parts(make_model)
     state = _tiny_weights(student, teacher, rpn).state_dict()
     del state["teacher_backbone.layer2.0.conv1.weight"]
     state["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(3, config.embed_dim)
@@ -130,9 +130,9 @@ def test_strict_reading_reports_missing_unused_and_mismatched_keys(tmp_path):
     assert sorted(listed) == sorted(state)
 
 
-def test_oai_clip_init_file_with_separate_rpn(tmp_path):
+def test_oai_clip_init_file_with_separate_rpn(tmp_path, make_model):
     """teacher_*_student_*_OAI_CLIP.pth: student = teacher = CLIP, both text copies, logit scales, BN counters."""
-    config, model, _, rpn = _tiny_parts(seed=3)
+    config, model, _, rpn = _tiny_parts(make_model, seed=3)
     clip = build_open_clip(config)
     clip.load_state_dict(model.openai_state_dict(), strict=False)
     openai = clip.state_dict()  # with num_batches_tracked and logit_scale, as OpenAI's files
@@ -163,8 +163,8 @@ def test_oai_clip_init_file_with_separate_rpn(tmp_path):
         assert torch.equal(value, _tiny_weights(model, model, rpn).state_dict()[key])
 
 
-def test_plain_clip_file_gives_student_equal_to_teacher(tmp_path):
-    config, model, _, rpn = _tiny_parts(seed=5)
+def test_plain_clip_file_gives_student_equal_to_teacher(tmp_path, make_model):
+    config, model, _, rpn = _tiny_parts(make_model, seed=5)
     saved = model.save_pretrained(tmp_path / "clip")  # this project's safetensors, OpenAI names
     weights, report = read_pretraining_checkpoint(saved, rpn=rpn_state_dict_for_detectron2(rpn, regionclip=True))
     assert report.ok and report.source_format == "clip"
@@ -172,8 +172,8 @@ def test_plain_clip_file_gives_student_equal_to_teacher(tmp_path):
     assert all(torch.equal(weights.student[k], weights.teacher[k]) for k in weights.student)
 
 
-def test_writer_rejects_foreign_text_keys():
-    config, student, teacher, rpn = _tiny_parts()
+def test_writer_rejects_foreign_text_keys(make_model):
+    config, student, teacher, rpn = _tiny_parts(make_model)
     parts = _tiny_weights(student, teacher, rpn)
     with pytest.raises(ValueError, match="not CLIP text-encoder keys"):
         pretraining_state_dict(parts.student, parts.teacher, {**parts.text, "roi_heads.x": torch.zeros(1)}, parts.rpn)

@@ -9,11 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_model
 from regionclip import ModelConfig, RegionCLIP
 from regionclip.data.images import prepare_image, resized_shape
-from regionclip.modeling.classifier import TextEmbeddingClassifier
-from regionclip.modeling.clip_parts import build_open_clip
+from regionclip.modeling.roi_heads import TextEmbeddingClassifier
+from regionclip.modeling.backbone import build_open_clip
 
 
 def _clip_reference(model: RegionCLIP, image_u8: torch.Tensor) -> torch.Tensor:
@@ -30,7 +29,7 @@ def _clip_reference(model: RegionCLIP, image_u8: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("preset", ["tiny", "rn50"])
-def test_whole_image_box_equals_clip_image_embedding(preset):
+def test_whole_image_box_equals_clip_image_embedding(preset, make_model):
     config = ModelConfig.preset(preset)
     config.input.min_size = None  # the 224-px image is used as is, like CLIP's own input
     model = make_model(config, seed=3)
@@ -66,7 +65,7 @@ def test_embeddings_are_l2_normalised_unless_asked(tiny_model, sample_images):
 
 
 def test_detectron2_resize_rule():
-    # official-facts §11.2: a 300x451 image becomes 800x1203 at test time
+    # docs/official-semantics.md, "Test-time resizing": a 300x451 image becomes 800x1203 at test time
     assert resized_shape(300, 451, 800, 1333) == (800, 1203)
     assert resized_shape(480, 640, 800, 1333) == (800, 1067)
     assert resized_shape(100, 1000, 800, 1333) == (133, 1333)  # long side capped
@@ -125,9 +124,26 @@ def test_empty_box_list_gives_empty_embeddings(tiny_model, sample_images):
 
 
 def test_first_token_attention_pool_equals_open_clip_attnpool(tiny_model):
-    from regionclip.modeling.clip_parts import attention_pool_first_token
+    from regionclip.modeling.roi_heads.region_head import attention_pool_first_token
 
     attnpool = tiny_model.head.attnpool
     x = torch.randn(5, attnpool.k_proj.in_features, 2, 2)
     with torch.no_grad():
         torch.testing.assert_close(attention_pool_first_token(attnpool, x), attnpool(x), atol=1e-5, rtol=1e-5)
+
+
+def test_model_forward_gives_the_region_features_of_embed_regions(make_model):
+    """`RegionCLIPModel.forward(images, boxes)`: un-normalised features of boxes in original pixels, the same
+    numbers as `embed_regions(..., normalize=False)`; a batch of prepared images passes through as given."""
+    model = make_model(ModelConfig.tiny(), seed=5)
+    generator = torch.Generator().manual_seed(2)
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator) for h, w in ((90, 120), (70, 70))]
+    boxes = [torch.tensor([[0.0, 0.0, 60.0, 50.0], [10.0, 20.0, 119.0, 89.0]]), torch.tensor([[5.0, 5.0, 40.0, 65.0]])]
+    with torch.inference_mode():
+        features = model(images, boxes)
+        from_prepared = model(model.prepare(images), boxes)
+    expected = model.embed_regions(images, boxes, normalize=False)
+    assert [f.shape for f in features] == [(2, 32), (1, 32)]
+    assert all(torch.equal(f, e) and torch.equal(p, e) for f, p, e in zip(features, from_prepared, expected))
+    with pytest.raises(ValueError, match="2 images but 1 box arrays"):
+        model(images, boxes[:1])

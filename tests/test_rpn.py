@@ -22,11 +22,11 @@ from regionclip.checkpoints.detectron2_rpn import (
     rpn_state_dict_for_detectron2,
     save_detectron2_rpn,
 )
-from regionclip.modeling.rpn import (
-    BoxCoder,
-    ProposalNetwork,
+from regionclip.modeling.anchor_generator import cell_anchors
+from regionclip.modeling.box_regression import BoxCoder
+from regionclip.modeling.meta_arch import ProposalNetwork
+from regionclip.modeling.proposal_generator import (
     RPNConfig,
-    cell_anchors,
     label_and_sample_anchors,
     match_anchors,
     rpn_losses,

@@ -17,14 +17,14 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from conftest import make_model
 from regionclip import ModelConfig, RegionCLIP
 from regionclip.checkpoints import load_embedding_file, read_state_dict, save_safetensors
 from regionclip.checkpoints.torchscript import STORAGE_DTYPES, read_torchscript_state_dict
 from regionclip.checkpoints.detectron2_rpn import read_detectron2_checkpoint, rpn_state_dict_for_detectron2
 from regionclip.cli import app
-from regionclip.modeling.clip_parts import build_open_clip
-from regionclip.modeling.rpn import ProposalNetwork, RPNConfig
+from regionclip.modeling.backbone import build_open_clip
+from regionclip.modeling.meta_arch import ProposalNetwork
+from regionclip.modeling.proposal_generator import RPNConfig
 from regionclip.text.embedder import TextEmbedder
 
 VICTIM_BYTES = b"precious user data"
@@ -106,7 +106,7 @@ def test_hostile_archive_runs_nothing_through_any_python_entry_point(hostile, tm
         assert victim.read_bytes() == VICTIM_BYTES, name
 
 
-def test_hostile_archive_runs_nothing_through_the_cli(hostile, tmp_path, sample_images):
+def test_hostile_archive_runs_nothing_through_the_cli(hostile, tmp_path, sample_images, make_model):
     path, victim = hostile
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps(BOXES))
@@ -321,7 +321,7 @@ def _embeddings(model, tmp_path):
 
 
 @pytest.mark.parametrize("make_file", [_openai_pt, _regionclip_pth, _safetensors, _torchscript, _rpn, _embeddings])
-def test_non_finite_weights_are_refused_by_name(tmp_path, make_file):
+def test_non_finite_weights_are_refused_by_name(tmp_path, make_file, make_model):
     model = make_model(ModelConfig.tiny())
     load, tensor_name = make_file(model, tmp_path)
     with pytest.raises(ValueError, match=f"tensor '{tensor_name}' holds 1 NaN/Inf value") as error:
@@ -349,7 +349,7 @@ def test_empty_weight_files_say_so(tmp_path, sample_images, tiny_model):
     assert result.stderr == f"error: {empty} is empty (0 bytes): no weights to load (regionclip --debug ... shows the traceback)\n"
 
 
-def test_weight_paths_containing_at_signs_load(tmp_path, sample_images):
+def test_weight_paths_containing_at_signs_load(tmp_path, sample_images, make_model):
     model = make_model(ModelConfig.tiny())
     file_weights = model.save_pretrained(tmp_path / "run@3.safetensors")
     dir_weights = model.save_pretrained(tmp_path / "teacher@step=800").parent

@@ -79,13 +79,14 @@ def test_ensemble_embedding_is_the_mean_of_unnormalised_template_features(tiny_m
 
 
 def test_text_encoder_matches_open_clip_encode_text(tiny_model):
-    from regionclip.modeling.clip_parts import build_open_clip
+    from regionclip.modeling.backbone import build_open_clip
 
     clip = build_open_clip(tiny_model.config)
     clip.load_state_dict(tiny_model.openai_state_dict(), strict=False)
     embedder = TextEmbedder(tiny_model.text_encoder, cache_dir=None)
     tokens = embedder.tokenizer(["a photo of a person.", "itap of a cat."])
-    assert tokens[0, :8].tolist() == [49406, 320, 1125, 539, 320, 2533, 269, 49407]  # official-facts §11.9
+    # docs/official-semantics.md, "Tokenizer and prompts"
+    assert tokens[0, :8].tolist() == [49406, 320, 1125, 539, 320, 2533, 269, 49407]
     with torch.no_grad():
         torch.testing.assert_close(tiny_model.text_encoder(tokens), clip.encode_text(tokens))
 

@@ -11,25 +11,22 @@ import torch
 from torch.nn import functional as F
 
 from regionclip import RegionCLIP
-from regionclip.synthetic import WorldConfig, generate_world
+from regionclip.synthetic import WorldConfig
 from regionclip.engine import checkpointing
-from regionclip.engine.loop import TrainingRun, batch_indices, cached_training, step_generator
-from regionclip.training import rpn as rpn_training
-from regionclip.training.data import load_split
-from regionclip.training.metrics import (
-    proposal_hits,
-    proposal_recall,
-    retrieval_chance,
-    retrieval_recall_at_1,
-    topk_accuracy,
-)
-from regionclip.training.rpn import RPNTrainConfig, evaluate_rpn, get_or_train_rpn, train_rpn, world_anchor_sizes
-from regionclip.training.teacher import (
+from regionclip.engine.caching import cached_training
+from regionclip.engine.loop import TrainingRun, batch_indices, step_generator
+from regionclip.evaluation.proposal_recall import proposal_hits, proposal_recall
+from regionclip.evaluation.retrieval import retrieval_chance, retrieval_recall_at_1, topk_accuracy
+from regionclip.modeling.text_encoder import encode_text_trimmed
+from regionclip.world import rpn as rpn_training
+from regionclip.world.data import load_split
+from regionclip.world.rpn import RPNTrainConfig, evaluate_rpn, get_or_train_rpn, train_rpn, world_anchor_sizes
+from regionclip.world.teacher import (
     TeacherTrainConfig,
+    TrainedTeacher,
     build_teacher,
     clip_to_regionclip,
     crop_sources,
-    encode_text_trimmed,
     evaluate_teacher,
     get_or_train_teacher,
     image_embeddings,
@@ -45,24 +42,20 @@ from regionclip.training.teacher import (
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return generate_world(WorldConfig.tiny(), tmp_path_factory.mktemp("worlds"), progress=False)
-
 
 @pytest.fixture(scope="module")
-def pretrain(world):
-    return load_split(world, "pretrain")
+def pretrain(tiny_world):
+    return load_split(tiny_world, "pretrain")
 
 
 @pytest.fixture(scope="module")
-def det_train(world):
-    return load_split(world, "det_train")
+def det_train(tiny_world):
+    return load_split(tiny_world, "det_train")
 
 
 @pytest.fixture(scope="module")
-def val(world):
-    return load_split(world, "val")
+def val(tiny_world):
+    return load_split(tiny_world, "val")
 
 
 # ---- metrics on hand-made inputs -------------------------------------------------------------------
@@ -224,6 +217,18 @@ def test_cached_training_trains_once_and_again_when_an_output_is_lost(tmp_path):
     assert cached_training(tmp_path / "run", weights, description, train, save).trained_now and len(calls) == 2
 
 
+def test_cached_training_checks_the_record_fields_before_training(tmp_path):
+    calls = []
+
+    def train(checkpoint_dir):
+        calls.append(checkpoint_dir)
+        raise AssertionError("must not train")
+
+    with pytest.raises(TypeError, match="config"):  # a TrainedTeacher needs its training config
+        cached_training(tmp_path / "run", tmp_path / "w.bin", {}, train, lambda run: {}, TrainedTeacher)
+    assert calls == [] and not (tmp_path / "run").exists()
+
+
 # ---- short training runs -------------------------------------------------------------------------------
 
 
@@ -238,9 +243,9 @@ def test_teacher_loss_decreases(pretrain, tmp_path):
     assert _mean(run.losses[-4:]) < _mean(run.losses[:4]) - 0.3
 
 
-def test_rpn_loss_decreases(det_train, world, tmp_path):
+def test_rpn_loss_decreases(det_train, tiny_world, tmp_path):
     config = RPNTrainConfig(steps=16, batch_size=8, width=8, lr=3e-3, warmup_steps=2, checkpoint_every=100)
-    run = train_rpn(det_train, config, world.config, tmp_path, progress=False)
+    run = train_rpn(det_train, config, tiny_world.config, tmp_path, progress=False)
     totals = rpn_training.rpn_loss_total(run.losses)
     assert len(totals) == 16
     assert _mean(totals[-3:]) < 0.8 * _mean(totals[:3])
@@ -258,11 +263,11 @@ def test_teacher_resume_reproduces_uninterrupted_run(pretrain, tmp_path):
         assert torch.equal(value, resumed.module.state_dict()[key]), key
 
 
-def test_rpn_resume_reproduces_uninterrupted_run(det_train, world, tmp_path):
+def test_rpn_resume_reproduces_uninterrupted_run(det_train, tiny_world, tmp_path):
     config = RPNTrainConfig(steps=3, batch_size=4, width=8, warmup_steps=1, checkpoint_every=1)
-    whole = train_rpn(det_train, config, world.config, tmp_path / "whole", progress=False)
-    train_rpn(det_train, config, world.config, tmp_path / "split", progress=False, stop_after=1)
-    resumed = train_rpn(det_train, config, world.config, tmp_path / "split", progress=False)
+    whole = train_rpn(det_train, config, tiny_world.config, tmp_path / "whole", progress=False)
+    train_rpn(det_train, config, tiny_world.config, tmp_path / "split", progress=False, stop_after=1)
+    resumed = train_rpn(det_train, config, tiny_world.config, tmp_path / "split", progress=False)
     assert resumed.steps_run == 2 and resumed.losses == whole.losses
     for key, value in whole.module.state_dict().items():
         assert torch.equal(value, resumed.module.state_dict()[key]), key
@@ -271,14 +276,14 @@ def test_rpn_resume_reproduces_uninterrupted_run(det_train, world, tmp_path):
 # ---- caching, weight formats, evaluation ------------------------------------------------------------
 
 
-def test_cached_teacher_loads_like_released_weights(world, pretrain, val, tmp_path):
+def test_cached_teacher_loads_like_released_weights(tiny_world, pretrain, val, tmp_path):
     config = TeacherTrainConfig(model="tiny", steps=3, batch_size=16, warmup_steps=1)
-    trained = get_or_train_teacher(world, config, tmp_path, progress=False, data=pretrain)
+    trained = get_or_train_teacher(tiny_world, config, tmp_path, progress=False, data=pretrain)
     assert trained.trained_now and trained.steps_run == 3 and trained.weights.is_file()
-    again = get_or_train_teacher(world, config, tmp_path, progress=False)
+    again = get_or_train_teacher(tiny_world, config, tmp_path, progress=False)
     assert not again.trained_now and again.steps_run == 0 and again.losses == trained.losses
     other_seed = TeacherTrainConfig(model="tiny", steps=3, batch_size=16, warmup_steps=1, seed=1)
-    assert other_seed.cache_key(world.config.hash()) != config.cache_key(world.config.hash())
+    assert other_seed.cache_key(tiny_world.config.hash()) != config.cache_key(tiny_world.config.hash())
 
     model = RegionCLIP.from_pretrained(trained.weights, device="cpu")
     assert model.config.name == "tiny"
@@ -312,8 +317,12 @@ def test_evaluate_teacher_counts_everything(val):
     assert report.num_regions == sum(len(b) for b in val.boxes)
     assert report.num_captions == sum(len(c) for c in val.captions)
     assert report.num_classes == 52 and report.chance == pytest.approx(1 / 52)
-    for value in (report.image_top1, report.image_top5, report.region_top1, report.region_top3):
-        assert 0.0 <= value <= 1.0
+    # each accuracy is a whole number of hits: over the images (every val image holds an object) / the regions
+    assert all(len(labels) for labels in val.labels)
+    for value, count in ((report.image_top1, 52), (report.image_top5, 52),
+                         (report.region_top1, report.num_regions), (report.region_top3, report.num_regions)):
+        hits = value * count
+        assert hits == pytest.approx(round(hits), abs=1e-4) and 0 <= round(hits) <= count
     assert report.image_top1 <= report.image_top5 and report.region_top1 <= report.region_top3
     # the largest object is in the image, so a correct top-1 is also a present-object hit
     assert report.image_top1 <= report.image_present_top1 <= 1.0
@@ -322,10 +331,10 @@ def test_evaluate_teacher_counts_everything(val):
     assert report.image_present_chance == pytest.approx(expected_chance)
 
 
-def test_rpn_recall_grouping_with_perfect_proposals(val, world, monkeypatch):
+def test_rpn_recall_grouping_with_perfect_proposals(val, tiny_world, monkeypatch):
     # Proposals equal to the ground truth: every group is fully recalled, and counts follow the categories.
     monkeypatch.setattr(rpn_training, "propose", lambda rpn, images, top_n, nms_thresh=None: list(val.boxes))
-    network = rpn_training.build_rpn(RPNTrainConfig(width=8), world.config)
+    network = rpn_training.build_rpn(RPNTrainConfig(width=8), tiny_world.config)
     figures = evaluate_rpn(network, val)
     novel = val.category_ids_of("novel")
     num_novel = sum(int(c) in novel for labels in val.labels for c in labels)
@@ -335,12 +344,12 @@ def test_rpn_recall_grouping_with_perfect_proposals(val, world, monkeypatch):
         assert figures["recall"][group] == {100: 1.0, 300: 1.0}
 
 
-def test_rpn_weights_round_trip_through_detectron2_format(world, det_train, tmp_path):
+def test_rpn_weights_round_trip_through_detectron2_format(tiny_world, det_train, tmp_path):
     config = RPNTrainConfig(steps=2, batch_size=4, width=8, warmup_steps=1)
-    trained = get_or_train_rpn(world, config, tmp_path, progress=False, data=det_train)
-    assert trained.trained_now and not get_or_train_rpn(world, config, tmp_path, progress=False).trained_now
+    trained = get_or_train_rpn(tiny_world, config, tmp_path, progress=False, data=det_train)
+    assert trained.trained_now and not get_or_train_rpn(tiny_world, config, tmp_path, progress=False).trained_now
     loaded = trained.load()
-    assert loaded.frozen and loaded.config.anchor_sizes == world_anchor_sizes(world.config)
+    assert loaded.frozen and loaded.config.anchor_sizes == world_anchor_sizes(tiny_world.config)
     payload = torch.load(trained.weights, weights_only=True)
     assert any(k.startswith("proposal_generator.rpn_head.") for k in payload["model"])
     record = json.loads((trained.run_dir / "training.json").read_text())

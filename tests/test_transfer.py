@@ -26,9 +26,9 @@ from regionclip.modeling.roi_heads import (
     fast_rcnn_losses,
     label_and_sample_proposals,
 )
-from regionclip.modeling.rpn import ProposalNetwork, RPNConfig
+from regionclip.modeling.meta_arch import ProposalNetwork
+from regionclip.modeling.proposal_generator import RPNConfig
 
-from conftest import make_model
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -205,7 +205,7 @@ def test_official_coco_rn50_layout_loads_strictly(tmp_path):
 
 
 @pytest.fixture()
-def tiny_files(tmp_path):
+def tiny_files(tmp_path, make_model):
     """Tiny CLIP weights (with text tower, safetensors) and a tiny C4 RPN file."""
     torch.manual_seed(0)
     clip = make_model(ModelConfig.tiny())
@@ -232,7 +232,8 @@ def test_official_and_safetensors_round_trips_keep_losses_and_detections(tiny_fi
     reference_dets = det.detect([image], list("abcde"))[0]
 
     det.save_official(tmp_path / "det.pth")
-    assert len(torch.load(tmp_path / "det.pth", weights_only=True)["model"]) == len(det.official_state_dict())
+    saved, official = torch.load(tmp_path / "det.pth", weights_only=True)["model"], det.official_state_dict()
+    assert saved.keys() == official.keys() and all(torch.equal(saved[k], official[k]) for k in saved)
     det.save_pretrained(tmp_path / "det")
     for path, config in ((tmp_path / "det.pth", ModelConfig.tiny()), (tmp_path / "det", None)):
         loaded = OpenVocabularyDetector.from_pretrained(path, config=config, device="cpu")
@@ -251,7 +252,7 @@ def test_detect_applies_box_deltas_and_clips_to_the_image(tiny_model):
     torch.nn.init.zeros_(det.bbox_pred.weight)
     det.bbox_pred.bias.data = torch.tensor([0.0, 0.0, 5 * math.log(2.0), 0.0])  # double the width
     boxes = [[10.0, 10.0, 30.0, 30.0], [110.0, 40.0, 126.0, 60.0]]  # 128 px image: no resizing (tiny min_size 128)
-    from regionclip.detection import DetectionConfig
+    from regionclip.modeling.roi_heads import DetectionConfig
 
     config = DetectionConfig(score_threshold=0.0, nms_threshold=1.0, max_detections=100)
     pred = det.detect([square_image()], list("abcd"), boxes=[boxes], config=config)[0]
@@ -336,7 +337,7 @@ def test_finetune_lowers_the_loss_and_evaluate_writes_results(tiny_files, tmp_pa
     assert "test embeddings: passed [3, 32]" in result.output and "AP50_novel" in result.output
 
 
-def test_initialisation_from_a_pretraining_file_takes_the_student(tiny_files, tmp_path):
+def test_initialisation_from_a_pretraining_file_takes_the_student(tiny_files, tmp_path, make_model):
     from regionclip.checkpoints.pretraining import PretrainingWeights, save_pretraining_checkpoint
 
     student, teacher = make_model(ModelConfig.tiny(), seed=1), make_model(ModelConfig.tiny(), seed=2)

@@ -3,7 +3,7 @@
 from .api import RegionCLIP
 from .config import ModelConfig
 from .data.images import RangedImage
-from .modeling.meta_arch import OpenVocabularyDetector
+from .modeling.meta_arch.fast_rcnn import OpenVocabularyDetector
 from .results import RegionPredictions
 from .text.vocabulary import Vocabulary
 

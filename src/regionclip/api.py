@@ -1,4 +1,7 @@
-"""The user-facing model: ``RegionCLIP.from_pretrained(...)`` then ``classify_regions`` / ``embed_regions``."""
+"""The user-facing model: ``RegionCLIP.from_pretrained(...)`` then ``classify_regions`` / ``embed_regions`` /
+``detect``. A façade: the model is `regionclip.modeling.meta_arch.RegionCLIPModel`, weight formats and known names
+are `regionclip.checkpoints`, image decoding is `regionclip.data.images`; here user inputs are checked and batched
+and outputs become `RegionPredictions`."""
 
 from __future__ import annotations
 
@@ -6,57 +9,34 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import clip_boxes_to_image
-from tqdm.auto import tqdm
 
+from .checkpoints.clip_weights import (
+    CheckpointParts,
+    load_checkpoint,
+    load_openai_clip,
+    model_state_dict,
+    openai_state_dict,
+    save_safetensors,
+)
 from .checkpoints.detectron2_rpn import LoadReport, load_detectron2_rpn, rpn_state_dict_for_detectron2
-from .checkpoints.clip_weights import CheckpointParts, infer_config, load_checkpoint, save_safetensors, split_checkpoint
+from .checkpoints.registry import KNOWN_WEIGHTS, find_known_weights
 from .config import ModelConfig
-from .data.images import ImageInput, PreparedImage, prepare_image
-from .detection import DetectionConfig, fuse_scores, select_detections
-from .modeling.classifier import TextEmbeddingClassifier
-from .modeling.clip_parts import CLIPTextEncoder, build_open_clip, build_visual, split_visual
-from .modeling.frozen_bn import fold_batchnorm
-from .modeling.rpn import RPNConfig
+from .data.images import ImageInput
+from .data.inputs import input_batches
+from .modeling.layers import fold_batchnorm
+from .modeling.meta_arch.region_clip import RegionCLIPModel
+from .modeling.proposal_generator import RPNConfig
+from .modeling.roi_heads import DetectionConfig, TextEmbeddingClassifier
+from .modeling.text_encoder import CLIPTextEncoder
 from .precision import autocast
 from .results import RegionPredictions
 from .text.embedder import TextEmbedder
 from .text.vocabulary import Vocabulary
 
-OPENAI_NAMES = ("RN50", "RN50x4", "RN101", "RN50x16", "RN50x64")
 WEIGHTS_FILENAME = "model.safetensors"
-
-
-def _as_boxes(boxes: object) -> torch.Tensor:
-    """One image's boxes as a float ``[N, 4]`` tensor; any other shape (e.g. a row of 8 numbers) is an error."""
-    if not isinstance(boxes, torch.Tensor):
-        try:
-            boxes = np.asarray(boxes, dtype=np.float32)
-        except (TypeError, ValueError) as error:  # ragged rows, non-numbers
-            raise ValueError(f"boxes must be an [N, 4] array of xyxy numbers: {error}") from None
-    tensor = torch.as_tensor(boxes).float()
-    if not tensor.numel():
-        return tensor.reshape(0, 4)
-    if tensor.ndim != 2 or tensor.shape[1] != 4:
-        raise ValueError(
-            f"boxes must be an [N, 4] array of xyxy boxes (one box: [[x1, y1, x2, y2]]), got shape {tuple(tensor.shape)}"
-        )
-    if not torch.isfinite(tensor).all():
-        raise ValueError("boxes contain non-finite values")
-    if (tensor[:, 2] < tensor[:, 0]).any() or (tensor[:, 3] < tensor[:, 1]).any():
-        raise ValueError("boxes must be xyxy with x2 >= x1 and y2 >= y1 (original-image pixels)")
-    return tensor
-
-
-def clip_to_image(boxes: torch.Tensor, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boxes clipped to ``[0, W] x [0, H]`` (torchvision ``clip_boxes_to_image``) and a ``[N]`` flag of those with
-    positive width and height afterwards: zero-area and wholly-outside boxes hold no image to recognise."""
-    clipped = clip_boxes_to_image(boxes, image_size)
-    return clipped, (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
 
 
 def _check_finite_embeddings(class_embeddings: torch.Tensor) -> None:
@@ -65,14 +45,14 @@ def _check_finite_embeddings(class_embeddings: torch.Tensor) -> None:
         raise ValueError(f"class_embeddings contain NaN/Inf in rows {bad_rows[:10]}{' ...' if len(bad_rows) > 10 else ''}")
 
 
-class RegionCLIP(nn.Module):
-    """CLIP's visual tower applied to regions (trunk → RoIAlign → res5 + attention pool), CLIP's text tower for
-    vocabularies, and the zero-shot classifier. Parts are swappable attributes: ``trunk``, ``pooler``, ``head``,
-    ``text_encoder``, ``classifier``.
+class RegionCLIP(RegionCLIPModel):
+    """The user-facing RegionCLIP: load weights (`from_pretrained`), embed vocabularies, classify / embed given boxes
+    and detect. The model itself (parts, region features, detection of a batch) is `RegionCLIPModel`
+    (`regionclip.modeling.meta_arch.region_clip`); weight formats are `regionclip.checkpoints`.
 
-    ``precision`` (`regionclip.precision`): ``"fp32"`` (default, exact) or ``"bf16"`` / ``"fp16"`` (CUDA only),
-    applied as autocast around the region head, the RPN and the text encoder; the trunk and RoIAlign stay fp32,
-    weights stay fp32 and every output is fp32."""
+    Attributes beside the model's parts: ``detection_config`` (the default of `detect`), ``checkpoint_parts`` (the
+    loaded file's classifier tensors and keys of unused parts, for callers that need them) and ``rpn_load_report``
+    (missing / unused keys of the attached RPN), both ``None`` until set by loading."""
 
     def __init__(
         self,
@@ -84,46 +64,13 @@ class RegionCLIP(nn.Module):
         classifier: TextEmbeddingClassifier | None = None,
         rpn: nn.Module | None = None,
     ) -> None:
-        super().__init__()
-        self.config = config
-        self.trunk, self.pooler, self.head = trunk, pooler, head
-        self.text_encoder = text_encoder
-        self.classifier = classifier or TextEmbeddingClassifier(config.temperature)
-        self.rpn = rpn  # class-agnostic proposal network (frozen, eval), used by detect()
-        self.register_buffer("pixel_mean", torch.tensor(config.input.pixel_mean).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(config.input.pixel_std).view(3, 1, 1), persistent=False)
-        self.region_batch_size = 256  # regions per res5 + attention-pool call; bounds peak memory
-        # channels_last makes the per-region res5 convolutions ~25 % faster on CPU (benchmarks/zeroshot_inference.py)
-        self.head.to(memory_format=torch.channels_last)
+        super().__init__(config, trunk, pooler, head, text_encoder, classifier, rpn)
+        self.detection_config = DetectionConfig()
+        self.checkpoint_parts: CheckpointParts | None = None
+        self.rpn_load_report: LoadReport | None = None
         self._embedder: TextEmbedder | None = None
-        self._precision = "fp32"
-        self.eval()
-
-    @property
-    def precision(self) -> str:
-        return self._precision
-
-    @precision.setter
-    def precision(self, value: str) -> None:
-        autocast(value, self.device)  # refuses unknown names and fp16 off CUDA before anything runs
-        self._precision = value
-
-    def autocast(self):
-        """The autocast context of ``self.precision`` on the model's device (nothing for fp32)."""
-        return autocast(self.precision, self.device)
 
     # ---- construction ----------------------------------------------------------------------------
-    @classmethod
-    def from_config(cls, config: ModelConfig) -> RegionCLIP:
-        """Randomly initialised model of the given shape."""
-        if config.text is not None:
-            clip = build_open_clip(config)
-            visual, text_encoder = clip.visual, CLIPTextEncoder(clip)
-        else:
-            visual, text_encoder = build_visual(config), None
-        trunk, pooler, head = split_visual(visual, config.vision.pooler_resolution)
-        return cls(config, trunk, pooler, head, text_encoder)
-
     @classmethod
     def from_parts(cls, parts: CheckpointParts, config: ModelConfig | None = None) -> RegionCLIP:
         """Build from a split checkpoint, loading every visual and text tensor strictly."""
@@ -133,15 +80,13 @@ class RegionCLIP(nn.Module):
         if parts.text is None:
             config = ModelConfig.from_dict({**config.to_dict(), "text": None})
         model = cls.from_config(config)
-        visual_state = {f"trunk.{k}" if not k.startswith(("layer4.", "attnpool.")) else f"head.{k}": v for k, v in parts.visual.items()}
-        text_state = {f"text_encoder.{k}": v for k, v in (parts.text or {}).items()}
-        result = model.load_state_dict({**visual_state, **text_state}, strict=False)
+        result = model.load_state_dict(model_state_dict(parts), strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(
                 f"weights do not fit a {config.name} model: missing {result.missing_keys[:5]}, "
                 f"unexpected {result.unexpected_keys[:5]}"
             )
-        model.checkpoint_parts = parts  # classifier tensors and keys of unused parts, for callers that need them
+        model.checkpoint_parts = parts
         if parts.rpn:
             rpn_config = RPNConfig.from_dict(json.loads(parts.metadata["rpn_config"])) if "rpn_config" in parts.metadata else None
             model.attach_rpn(parts.rpn, rpn_config)
@@ -167,10 +112,11 @@ class RegionCLIP(nn.Module):
         rpn: str | Path | None = None,
         precision: str = "fp32",
     ) -> RegionCLIP:
-        """Load weights from a local file or directory, or OpenAI CLIP through open_clip by name (``"RN50"``),
-        as an inference model: the frozen BatchNorms of the trunk and region head are folded into their
-        convolutions (`fold_batchnorm`: outputs equal within float rounding, state dict unchanged), and
-        ``precision`` is ``"fp32"`` (exact), ``"bf16"`` or ``"fp16"`` (CUDA only).
+        """Load weights from a local file or directory, or OpenAI CLIP through open_clip by name (``"RN50"``; the
+        known names are `regionclip.checkpoints.registry.KNOWN_WEIGHTS`), as an inference model: the frozen
+        BatchNorms of the trunk and region head are folded into their convolutions (`fold_batchnorm`: outputs equal
+        within float rounding, state dict unchanged), and ``precision`` is ``"fp32"`` (exact), ``"bf16"`` or
+        ``"fp16"`` (CUDA only).
 
         Files: OpenAI ``RN50.pt`` (TorchScript or state dict), open_clip checkpoints, official RegionCLIP / detectron2
         ``.pth`` (``branch="teacher"`` picks ``teacher_backbone.*``), and this project's ``.safetensors``.
@@ -181,13 +127,21 @@ class RegionCLIP(nn.Module):
         path = Path(name_or_path)
         if path.is_dir():
             path = path / WEIGHTS_FILENAME
+        known = find_known_weights(name_or_path)
+        if known is not None and known.kind in ("rpn", "embeddings"):
+            raise ValueError(f"{path.name} holds no CLIP weights; load it with {known.usage}")
         if path.is_file():
             parts = load_checkpoint(path, branch=branch)
-        elif str(name_or_path) in OPENAI_NAMES:
-            parts = _openai_parts(str(name_or_path))
+        elif known is not None and known.download:
+            parts = load_openai_clip(known.name)
+        elif known is not None:
+            raise FileNotFoundError(
+                f"{name_or_path!r} is the official RegionCLIP file {known.name} but is not on disk: download it from "
+                "the RegionCLIP model zoo and pass its path"
+            )
         else:
             raise FileNotFoundError(
-                f"{name_or_path!r} is neither a weights file/directory nor one of the OpenAI models {OPENAI_NAMES}"
+                f"{name_or_path!r} is neither a weights file/directory nor a known name: {', '.join(KNOWN_WEIGHTS)}"
             )
         model = cls.from_parts(parts, config)
         if rpn is not None:
@@ -200,14 +154,7 @@ class RegionCLIP(nn.Module):
 
     def openai_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights under OpenAI CLIP names (``visual.*`` and the text keys)."""
-        state = {}
-        for key, value in self.state_dict().items():
-            part, _, rest = key.partition(".")
-            if part in ("trunk", "head"):
-                state[f"visual.{rest}"] = value
-            elif part == "text_encoder":
-                state[rest] = value
-        return state
+        return openai_state_dict(self.state_dict())
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``model.safetensors`` into a directory (or to a ``.safetensors`` path): OpenAI-named CLIP weights,
@@ -220,62 +167,7 @@ class RegionCLIP(nn.Module):
             metadata["rpn_config"] = json.dumps(self.rpn.config.to_dict())
         return save_safetensors(target, state, self.config, metadata)
 
-    # ---- images → region embeddings ----------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    def prepare(self, images: Sequence[ImageInput]) -> list[PreparedImage]:
-        return [prepare_image(im, self.config.input.min_size, self.config.input.max_size) for im in images]
-
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """0–255 RGB → CLIP-normalised input (same operation order as ToTensor + Normalize)."""
-        return (pixels.to(self.device) / 255.0 - self.pixel_mean) / self.pixel_std
-
-    def encode_boxes(self, prepared: Sequence[PreparedImage], input_boxes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Un-normalised region embeddings for boxes given in each image's *resized* input frame.
-
-        Images of equal size share one trunk batch; different sizes run separately instead of being padded to a
-        common size, so an image's features never depend on what it was batched with.
-        """
-        outputs: list[torch.Tensor | None] = [None] * len(prepared)
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for index, image in enumerate(prepared):
-            by_size.setdefault(image.size, []).append(index)
-        for indices in by_size.values():
-            batch = torch.stack([self.normalize(prepared[i].pixels) for i in indices])
-            features = self.trunk(batch)
-            pooled = self.pooler(features, [input_boxes[i].to(self.device) for i in indices])
-            pooled = pooled.contiguous(memory_format=torch.channels_last)
-            with self.autocast():
-                embeddings = torch.cat(
-                    [self.head(chunk).float() for chunk in pooled.split(self.region_batch_size)]
-                ) if len(pooled) else pooled.new_zeros(0, self.config.embed_dim)
-            for i, chunk in zip(indices, embeddings.split([len(input_boxes[i]) for i in indices])):
-                outputs[i] = chunk.float()
-        return outputs  # type: ignore[return-value]
-
-    def _batches(
-        self, images: object, boxes: object | None, batch_size: int, image_ids: Sequence[int] | None, progress: bool
-    ):
-        """Yield ``(items, prepared, boxes, valid)`` per batch: ``items`` are (image, image id) pairs, ``boxes`` the
-        given boxes of each image in original pixels clipped to the image and ``valid`` their non-empty flags
-        (both ``None`` when no boxes were given)."""
-        image_list = [images] if not isinstance(images, (list, tuple)) else list(images)
-        box_list = _pair_images_boxes(images, boxes)[1] if boxes is not None else None
-        if image_ids is not None and len(image_ids) != len(image_list):
-            raise ValueError("image_ids must have one id per image")
-        ids = list(image_ids) if image_ids is not None else [None] * len(image_list)
-        for start in tqdm(range(0, len(image_list), batch_size), disable=not progress, desc="images", unit="batch"):
-            stop = start + batch_size
-            items = list(zip(image_list[start:stop], ids[start:stop]))
-            prepared = self.prepare(image_list[start:stop])
-            if box_list is None:
-                yield items, prepared, None, None
-            else:
-                clipped = [clip_to_image(b, p.original_size) for p, b in zip(prepared, box_list[start:stop])]
-                yield items, prepared, [c for c, _ in clipped], [v for _, v in clipped]
-
+    # ---- region embeddings -------------------------------------------------------------------------
     @torch.inference_mode()
     def embed_regions(
         self,
@@ -290,7 +182,8 @@ class RegionCLIP(nn.Module):
         A box that is empty once clipped (zero width or height, or wholly outside) is a ``ValueError``."""
         result = []
         first_image = 0
-        for items, prepared, batch_boxes, batch_valid in self._batches(images, boxes, batch_size, None, progress):
+        batches = input_batches(images, boxes, batch_size, None, progress, self.prepare)
+        for items, prepared, batch_boxes, batch_valid in batches:
             for offset, (image, clipped, valid) in enumerate(zip(prepared, batch_boxes, batch_valid)):
                 if not valid.all():
                     index = int((~valid).nonzero()[0])
@@ -339,6 +232,13 @@ class RegionCLIP(nn.Module):
             )
         return class_embeddings.to(self.device)
 
+    def detection_embeddings(
+        self, vocabulary: Vocabulary, class_embeddings: torch.Tensor | None, templates: str | Sequence[str]
+    ) -> torch.Tensor:
+        """The ``[K, D]`` class embeddings `detect` scores with: ``class_embeddings`` if given, else the text
+        encoder's embeddings of the names (``templates``)."""
+        return self._class_embeddings(vocabulary, class_embeddings, templates)
+
     # ---- zero-shot classification of given boxes ---------------------------------------------------
     @torch.inference_mode()
     def classify_regions(
@@ -362,7 +262,8 @@ class RegionCLIP(nn.Module):
         top_k = min(top_k, len(vocabulary))
         weights = self._class_embeddings(vocabulary, class_embeddings, templates)
         predictions = []
-        for items, prepared, batch_boxes, batch_valid in self._batches(images, boxes, batch_size, image_ids, progress):
+        batches = input_batches(images, boxes, batch_size, image_ids, progress, self.prepare)
+        for items, prepared, batch_boxes, batch_valid in batches:
             features = self.encode_boxes(
                 prepared, [p.to_input_boxes(b[v]) for p, b, v in zip(prepared, batch_boxes, batch_valid)]
             )
@@ -371,7 +272,11 @@ class RegionCLIP(nn.Module):
                 scores = torch.zeros(len(region_boxes), top_k, device=feats.device)
                 labels = torch.full((len(region_boxes), top_k), -1, dtype=torch.long, device=feats.device)
                 scores[scored], labels[scored] = self.classifier.probabilities(feats, weights).topk(top_k, dim=1)
-                predictions.append(_predictions(item, prep, vocabulary, region_boxes, scores, labels, valid=valid))
+                predictions.append(
+                    RegionPredictions.from_tensors(
+                        region_boxes, scores, labels, vocabulary, prep.original_size, *item, valid=valid
+                    )
+                )
         return predictions
 
     # ---- zero-shot detection -----------------------------------------------------------------------
@@ -389,104 +294,22 @@ class RegionCLIP(nn.Module):
         progress: bool = False,
     ) -> list[RegionPredictions]:
         """Zero-shot detection: RPN proposals (or the given ``boxes``, official GT mode: no score fusion) →
-        region embeddings → class probabilities → score fusion → per-class NMS → top detections per image.
-        One label per detection; a box can be detected under several classes. Given boxes are clipped to the image
-        and those then empty (zero width or height, or wholly outside) give no detection."""
-        config = config or DetectionConfig()
+        region embeddings → class probabilities → score fusion → per-class NMS → top detections per image
+        (`RegionCLIPModel.detect_batch`; ``config`` defaults to ``self.detection_config``, the official COCO
+        zero-shot settings). One label per detection; a box can be detected under several classes. Given boxes are
+        clipped to the image and those then empty (zero width or height, or wholly outside) give no detection."""
+        config = config or self.detection_config
         vocabulary = Vocabulary.parse(vocabulary)
-        weights = self._class_embeddings(vocabulary, class_embeddings, templates)
+        weights = self.detection_embeddings(vocabulary, class_embeddings, templates)
         predictions = []
-        for items, prepared, batch_boxes, batch_valid in self._batches(images, boxes, batch_size, image_ids, progress):
+        batches = input_batches(images, boxes, batch_size, image_ids, progress, self.prepare)
+        for items, prepared, batch_boxes, batch_valid in batches:
             nonempty = [b[v] for b, v in zip(batch_boxes, batch_valid)] if batch_boxes is not None else None
-            for item, prep, (det_boxes, scores, classes, extras) in zip(
-                items, prepared, _detect_batch(self, prepared, nonempty, weights, config)
-            ):
-                predictions.append(_predictions(item, prep, vocabulary, det_boxes, scores[:, None], classes[:, None], extras))
+            for item, prep, found in zip(items, prepared, self.detect_batch(prepared, nonempty, weights, config)):
+                predictions.append(
+                    RegionPredictions.from_tensors(
+                        found.boxes, found.scores[:, None], found.classes[:, None], vocabulary, prep.original_size,
+                        *item, extras=found.extras,
+                    )
+                )
         return predictions
-
-
-def _predictions(
-    item: tuple[ImageInput, int | None],
-    prepared: PreparedImage,
-    vocabulary: Vocabulary,
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    labels: torch.Tensor,
-    extras: dict[str, torch.Tensor] | None = None,
-    valid: torch.Tensor | None = None,
-) -> RegionPredictions:
-    image, image_id = item
-    return RegionPredictions(
-        boxes=boxes.cpu().numpy(),
-        scores=scores.cpu().numpy(),
-        labels=labels.cpu().numpy(),
-        vocabulary=vocabulary,
-        image_size=prepared.original_size,
-        image_id=image_id,
-        source=str(image) if isinstance(image, (str, Path)) else None,
-        extras={k: v.cpu().numpy() for k, v in (extras or {}).items()},
-        valid=valid.cpu().numpy() if valid is not None else None,
-    )
-
-
-def _pair_images_boxes(images: object, boxes: object) -> tuple[list[ImageInput], list[torch.Tensor]]:
-    single = not isinstance(images, (list, tuple))
-    image_list = [images] if single else list(images)
-    if single:
-        box_list = [_as_boxes(boxes)]
-    else:
-        if not isinstance(boxes, (list, tuple)) or len(boxes) != len(image_list):
-            raise ValueError(f"give one box array per image: {len(image_list)} images")
-        box_list = [_as_boxes(b) for b in boxes]
-    return image_list, box_list
-
-
-def _openai_parts(name: str) -> CheckpointParts:
-    """OpenAI CLIP weights through open_clip (downloads unless cached)."""
-    import open_clip
-
-    try:
-        clip = open_clip.create_model(name, pretrained="openai")
-    except Exception as error:  # network / hub failures surface with many exception types
-        raise RuntimeError(
-            f"could not load OpenAI {name} through open_clip ({error}). Offline? Put the OpenAI file "
-            f"(e.g. {name}.pt) on disk and pass its path."
-        ) from error
-    parts = split_checkpoint(clip.state_dict())
-    parts.config = infer_config(parts.visual, parts.text)
-    return parts
-
-
-def _detect_batch(
-    model: RegionCLIP,
-    prepared: list[PreparedImage],
-    given_boxes: list[torch.Tensor] | None,
-    weights: torch.Tensor,
-    config: DetectionConfig,
-) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
-    """(boxes in original pixels, scores, class indices, extras) per image of one batch."""
-    if given_boxes is None:
-        if model.rpn is None:
-            raise ValueError("detect() needs proposals: attach an RPN (model.rpn or from_pretrained(..., rpn=...)) or pass boxes")
-        model.rpn.eval()
-        with model.autocast():
-            proposals = model.rpn(
-                [p.pixels for p in prepared], nms_thresh=config.rpn_nms_threshold, post_nms_topk=config.num_proposals
-            )
-        input_boxes = [p.boxes.to(model.device, torch.float32) for p in proposals]
-        objectness: list[torch.Tensor | None] = [p.objectness_logits.to(model.device, torch.float32) for p in proposals]
-        fusion = config.score_fusion
-    else:
-        input_boxes = [p.to_input_boxes(b).to(model.device) for p, b in zip(prepared, given_boxes)]
-        objectness, fusion = [None] * len(prepared), "none"
-    features = model.encode_boxes(prepared, input_boxes)
-    out = []
-    for image, boxes, logits, feats in zip(prepared, input_boxes, objectness, features):
-        probabilities = model.classifier.probabilities(feats, weights)
-        scores = fuse_scores(probabilities, logits, fusion)
-        box_index, class_index, final_scores = select_detections(boxes, scores, config)
-        extras = {"class_probability": probabilities[box_index, class_index]}
-        if logits is not None:
-            extras["objectness_logit"] = logits[box_index]
-        out.append((image.to_original_boxes(boxes[box_index]), final_scores, class_index, extras))
-    return out

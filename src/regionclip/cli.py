@@ -147,12 +147,11 @@ def run_per_image(
     """``run`` over ``indices`` in batches. A batch that raises one of the per-image errors (unreadable image,
     invalid boxes, non-finite predictions) is re-run image by image, so only the images that fail are lost: they
     are recorded in ``failed`` (``on_error="skip"``) or stop the run with an error naming the image."""
-    from tqdm.auto import tqdm
-
     from .features import UNREADABLE_IMAGE_ERRORS, describe_failure
+    from .utils import progress
 
     results: dict[int, object] = {}
-    for start in tqdm(range(0, len(indices), batch_size), disable=len(indices) <= 1, desc="images", unit="batch"):
+    for start in progress(range(0, len(indices), batch_size), disable=len(indices) <= 1, desc="images", unit="batch"):
         chunk = indices[start : start + batch_size]
         try:
             results.update(zip(chunk, run(chunk)))
@@ -310,7 +309,7 @@ def classify(
 
 
 def _detection_config(vocab_is_lvis: bool, **options):
-    from .detection import DetectionConfig
+    from .modeling.roi_heads import DetectionConfig
 
     chosen = {k: v for k, v in options.items() if v is not None}
     return DetectionConfig.lvis(**chosen) if vocab_is_lvis else DetectionConfig(**chosen)
@@ -440,7 +439,7 @@ def evaluate_zeroshot_command(
 ) -> None:
     """COCO AP/AP50 (+ OV-COCO novel/base/all AP50) or LVIS AP/APr/APc/APf of zero-shot inference."""
     from .checkpoints import load_embedding_file
-    from .detection import DetectionConfig
+    from .modeling.roi_heads import DetectionConfig
     from .evaluation import evaluate_zeroshot, format_metrics
     from .utils import write_json
 
@@ -500,7 +499,7 @@ def demo(
     """The main job on the embedded world: generate it, train the CLIP teacher and the RPN, evaluate, report.
 
     No downloads; everything is cached, so a second run only evaluates."""
-    from .demo import DemoPreset, run_demo
+    from .world.demo import DemoPreset, run_demo
 
     try:
         config = DemoPreset.load(preset)
@@ -522,13 +521,12 @@ def concepts(
     spacy_model: Optional[str] = typer.Option(None, "--spacy-model", help="spaCy pipeline (default: small English)."),
 ) -> None:
     """Parse noun concepts from captions into a concept pool (docs/pretraining.md); needs regionclip[concepts]."""
-    from tqdm.auto import tqdm
-
     from .text.concepts import build_concept_pool, load_spacy_pipeline, read_captions, write_concept_pool
+    from .utils import progress
 
     caption_stream = read_captions(captions)
     nlp = load_spacy_pipeline(spacy_model)
-    pool = build_concept_pool(tqdm(caption_stream, desc="parsing captions", unit=" captions"), min_count, nlp=nlp)
+    pool = build_concept_pool(progress(caption_stream, desc="parsing captions", unit=" captions"), min_count, nlp=nlp)
     write_concept_pool(out, pool)
     typer.echo(f"wrote {out}: {len(pool)} concepts")
 
@@ -592,7 +590,7 @@ def evaluate(
     from .evaluation import evaluate_zeroshot, format_metrics
     from .evaluation._common import load_ground_truth
     from .evaluation.zeroshot import is_lvis_style
-    from .modeling.meta_arch import OpenVocabularyDetector, transfer_detection_config
+    from .modeling.meta_arch.fast_rcnn import OpenVocabularyDetector, transfer_detection_config
     from .utils import write_json
 
     if not annotations.is_file():

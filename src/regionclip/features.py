@@ -11,12 +11,11 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from .text.embedder import module_fingerprint
 from .text.templates import resolve_templates
 from .text.vocabulary import Vocabulary
-from .utils import atomic_write
+from .utils import atomic_write, progress as progress_bar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # What decoding a bad image file raises: missing / unreadable / truncated / not an image (OSError and PIL's
@@ -139,7 +138,7 @@ def extract_region_features(
     settings_json = json.dumps(settings, sort_keys=True)
     failed: dict[str, str] = {}
     model.rpn.eval()
-    for start in tqdm(range(0, len(todo), batch_size), disable=not progress, desc="extracting", unit="batch"):
+    for start in progress_bar(range(0, len(todo), batch_size), disable=not progress, desc="extracting", unit="batch"):
         chunk, prepared = [], []
         for path in todo[start : start + batch_size]:
             try:

@@ -12,16 +12,14 @@ written as this project's safetensors and as the official ``.pth`` layout.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from .config import ModelConfig
+from .config import ConfigBase, ModelConfig
 from .data.detection import OFFICIAL_TRAIN_MAX_SIZE, OFFICIAL_TRAIN_MIN_SIZES, TrainAugmentation, load_detection_split
 from .engine import (
     GradientClipping,
@@ -39,7 +37,7 @@ from .engine import (
     wrap_model,
 )
 from .engine.loop import TrainingRun
-from .modeling.meta_arch import OpenVocabularyDetector
+from .modeling.meta_arch.fast_rcnn import OpenVocabularyDetector
 from .modeling.roi_heads import RoIHeadConfig
 from .utils import atomic_write_text
 
@@ -47,9 +45,11 @@ AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(ConfigBase):
     """A transfer run. Paths are relative to the working directory. Defaults: the official OV-COCO 1x recipe
     (``roi_heads: RoIHeadConfig.lvis()`` values and 180k steps give the LVIS one)."""
+
+    config_label = "finetune config"
 
     weights: str  # initialisation: RegionCLIP pretraining .pth, CLIP weights, or a detector to continue from
     train_annotations: str  # COCO-format instances json
@@ -80,39 +80,12 @@ class FinetuneConfig:
     checkpoint_every: int = 5000
 
     def __post_init__(self) -> None:
-        if isinstance(self.roi_heads, dict):
-            self.roi_heads = RoIHeadConfig.from_dict(self.roi_heads)
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("need steps, batch_size and checkpoint_every >= 1")
         if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast must be one of {sorted(AUTOCAST_DTYPES)} or null, got {self.autocast!r}")
         if not self.train_min_sizes or min(self.train_min_sizes) < 1 or self.train_max_size < max(self.train_min_sizes):
             raise ValueError("need positive train_min_sizes not above train_max_size")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["roi_heads"] = self.roi_heads.to_dict()
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown finetune config keys: {sorted(unknown)}")
-        return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> FinetuneConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-        return cls.from_dict(data)
-
-    def to_yaml(self, path: str | Path) -> Path:
-        return atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def schedule(self) -> WarmupMultiStep:
         return WarmupMultiStep(self.lr, tuple(self.milestones), self.gamma, self.warmup_steps, self.warmup_factor)

@@ -1,4 +1,5 @@
-"""Per-image predictions and their conversions to the formats users expect (conventions.md §5).
+"""Per-image predictions and their conversions to the formats users expect (docs/official-semantics.md,
+"Output formats").
 
 All conversions come from one pass over the whole vocabulary: a RegionCLIP softmax over K names is never
 re-run per label as the HF pipeline does.
@@ -7,6 +8,7 @@ re-run per label as the HF pipeline does.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,6 +54,33 @@ class RegionPredictions:
         self.valid = np.ones(n, dtype=bool) if self.valid is None else np.asarray(self.valid, dtype=bool)
         if self.valid.shape != (n,):
             raise ValueError("valid must hold one flag per box")
+
+    @classmethod
+    def from_tensors(
+        cls,
+        boxes: torch.Tensor,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+        vocabulary: Vocabulary,
+        image_size: tuple[int, int],
+        image: object = None,
+        image_id: int | None = None,
+        extras: dict[str, torch.Tensor] | None = None,
+        valid: torch.Tensor | None = None,
+    ) -> RegionPredictions:
+        """Predictions from a model's tensors (any device); ``image`` (the input as given) names the ``source``
+        when it is a file path."""
+        return cls(
+            boxes=boxes.cpu().numpy(),
+            scores=scores.cpu().numpy(),
+            labels=labels.cpu().numpy(),
+            vocabulary=vocabulary,
+            image_size=image_size,
+            image_id=image_id,
+            source=str(image) if isinstance(image, (str, Path)) else None,
+            extras={k: v.cpu().numpy() for k, v in (extras or {}).items()},
+            valid=valid.cpu().numpy() if valid is not None else None,
+        )
 
     def __len__(self) -> int:
         return len(self.boxes)

@@ -6,10 +6,15 @@ import json
 import math
 import os
 import stat
+import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable, Iterable
+
+from tqdm.auto import tqdm as auto_tqdm
+from tqdm.autonotebook import tqdm as notebook_or_plain_tqdm
+from tqdm.std import tqdm as plain_tqdm
 
 _UMASK_LOCK = threading.Lock()
 
@@ -94,3 +99,48 @@ def write_json(path: str | Path, payload: Any, undefined_as_null: bool = False, 
     except ValueError as error:
         raise ValueError(f"refusing to write {path}: it would contain a non-finite number ({error})") from None
     return atomic_write_text(path, text)
+
+
+#: Outside a terminal a progress bar writes a line at most this often (seconds) ...
+LOG_PROGRESS_SECONDS = 10.0
+#: ... and, when its total is known, at most once per this fraction of it
+LOG_PROGRESS_FRACTION = 0.05
+
+
+class _LinePerRefresh:
+    """A text stream for tqdm that turns each carriage-return refresh into one line: a log file keeps every
+    refresh, so overwriting in place only piles them up on one line."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.encoding = getattr(stream, "encoding", None)
+
+    def write(self, text: str) -> int:
+        line = text.replace("\r", "").rstrip()
+        if line:  # tqdm's bare "\n" / "\r" at close only end or clear the bar in place
+            self.stream.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress(iterable: Iterable[Any] | None = None, *, file: IO[str] | None = None, **options: Any) -> Any:
+    """A tqdm progress bar (``tqdm.auto``: widgets in notebooks) over ``iterable`` with tqdm's ``options``.
+
+    When ``file`` (default stderr) is not a terminal, e.g. ``regionclip demo > demo.log``, the bar writes
+    whole lines instead of redrawing itself: the start, at most one line per `LOG_PROGRESS_SECONDS`, and for a
+    known total at most one per `LOG_PROGRESS_FRACTION` of it (until a stretch that slow outlasts tqdm's
+    ``maxinterval``), and the final state, which is never cleared."""
+    stream = sys.stderr if file is None else file
+    isatty = getattr(stream, "isatty", None)
+    in_notebook = notebook_or_plain_tqdm is not plain_tqdm
+    if options.get("disable") or in_notebook or (isatty is not None and isatty()):
+        return auto_tqdm(iterable, file=file, **options)
+    total = options.get("total")
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    options = {**options, "mininterval": LOG_PROGRESS_SECONDS, "leave": True}
+    if total and "miniters" not in options:
+        options["miniters"] = max(1, math.ceil(total * LOG_PROGRESS_FRACTION))
+    return plain_tqdm(iterable, file=_LinePerRefresh(stream), **options)

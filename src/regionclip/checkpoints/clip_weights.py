@@ -1,6 +1,6 @@
 """Reading and writing the weight files of CLIP-based region models.
 
-Formats read (official-facts §6):
+Formats read (docs/official-semantics.md, "Weight files"):
 - OpenAI CLIP (``visual.*`` + text keys; TorchScript archives such as ``RN50.pt``, read as data by
   `regionclip.checkpoints.torchscript`, or plain state dicts) and
   open_clip checkpoints (``{"state_dict": ...}``, optional ``module.`` prefix);
@@ -29,6 +29,10 @@ TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln
 IGNORED_CLIP_KEYS = ("logit_scale", "logit_bias", "input_resolution", "context_length", "vocab_size", "attn_mask")
 RPN_PREFIXES = ("offline_backbone.", "offline_proposal_generator.")
 METADATA_FORMAT = "regionclip"
+# Where OpenAI CLIP keys live in a region model: the visual tower's res5 and attention pool form the per-region
+# ``head``, the rest of it the per-image ``trunk``; the text keys (no prefix in OpenAI files) the ``text_encoder``.
+REGION_HEAD_KEYS = ("layer4.", "attnpool.")
+OPENAI_PREFIX_OF_MODULE = {"trunk": "visual.", "head": "visual.", "text_encoder": ""}
 
 
 @dataclass
@@ -43,6 +47,25 @@ class CheckpointParts:
     other: list[str] = field(default_factory=list)  # keys of parts this model does not use (teacher, ...)
     config: ModelConfig | None = None  # from safetensors metadata, when present
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+def model_state_dict(parts: CheckpointParts) -> dict[str, torch.Tensor]:
+    """The visual and text tensors of ``parts`` under the region model's module names (``trunk.*``, ``head.*``,
+    ``text_encoder.*``); inverse of `openai_state_dict`."""
+    state = {f"{'head' if k.startswith(REGION_HEAD_KEYS) else 'trunk'}.{k}": v for k, v in parts.visual.items()}
+    state.update({f"text_encoder.{k}": v for k, v in (parts.text or {}).items()})
+    return state
+
+
+def openai_state_dict(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A region model's trunk, head and text-encoder tensors under OpenAI CLIP names (``visual.*`` and the text
+    keys), in the model's order; other modules (the RPN, ...) are left out."""
+    state = {}
+    for key, value in model_state.items():
+        module, _, rest = key.partition(".")
+        if module in OPENAI_PREFIX_OF_MODULE:
+            state[OPENAI_PREFIX_OF_MODULE[module] + rest] = value
+    return state
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -172,3 +195,19 @@ def save_safetensors(
     metadata = {"format": METADATA_FORMAT, "config": config.to_json(), **(extra_metadata or {})}
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_openai_clip(name: str) -> CheckpointParts:
+    """OpenAI CLIP weights through open_clip (downloads unless cached)."""
+    import open_clip
+
+    try:
+        clip = open_clip.create_model(name, pretrained="openai")
+    except Exception as error:  # network / hub failures surface with many exception types
+        raise RuntimeError(
+            f"could not load OpenAI {name} through open_clip ({error}). Offline? Put the OpenAI file "
+            f"(e.g. {name}.pt) on disk and pass its path."
+        ) from error
+    parts = split_checkpoint(clip.state_dict())
+    parts.config = infer_config(parts.visual, parts.text)
+    return parts

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from ..modeling.rpn.config import RESNET_BLOCKS_BY_DEPTH, RPNConfig
-from ..modeling.rpn.network import ProposalNetwork
+from ..modeling.meta_arch.proposal_network import ProposalNetwork
+from ..modeling.proposal_generator.config import RESNET_BLOCKS_BY_DEPTH, RPNConfig
 from .io import load_pickled_weights, require_finite
 
 RPN_PREFIXES = ("backbone.", "proposal_generator.")

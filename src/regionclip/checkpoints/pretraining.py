@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
-from ..modeling.clip_parts import build_open_clip, build_visual
-from ..modeling.rpn import ProposalNetwork, RPNConfig
+from ..modeling.backbone import build_open_clip, build_visual
+from ..modeling.meta_arch.proposal_network import ProposalNetwork
+from ..modeling.proposal_generator import RPNConfig
 from ..utils import atomic_write
 from .clip_weights import IGNORED_CLIP_KEYS, TEXT_PREFIXES, infer_config, read_state_dict, split_checkpoint
 from .detectron2_rpn import BN_COUNTER, LoadReport, detect_rpn_config, read_detectron2_checkpoint, split_rpn_state_dict

@@ -147,7 +147,7 @@ class CocoCaptionPairs:
 
 
 class SplitCaptionPairs:
-    """A world split decoded into memory (`regionclip.training.data.load_split`): no file access per sample."""
+    """A world split decoded into memory (`regionclip.world.data.load_split`): no file access per sample."""
 
     def __init__(self, split: object) -> None:
         if getattr(split, "images", None) is None:

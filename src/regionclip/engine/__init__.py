@@ -3,7 +3,8 @@ data-parallel helpers.
 
 * `loop` - `run_training(module, optimizer, config, step_fn, checkpoint_dir, desc, schedule=...)` (checkpoints
   on SIGTERM, then `TrainingInterrupted`), the per-step random stream `step_generator`, epoch sampling
-  `batch_indices`, finished-run caching `cached_training`;
+  `batch_indices`;
+* `caching` - finished runs cached in a run directory: `cached_training`, `CachedRun`;
 * `checkpointing` - atomic ``step-XXXXXXXX/`` run-state directories (`save_checkpoint`, `load_run_state`,
   `resume_latest`);
 * `schedules` - `WarmupCosine`, `WarmupMultiStep` (RegionCLIP's), `build_schedule`;
@@ -11,6 +12,7 @@ data-parallel helpers.
 * `distributed` - torchrun / DDP: `init_distributed`, `wrap_model`, `shard`, ranks, barrier.
 """
 
+from .caching import CachedRun, cached_training
 from .checkpointing import latest_checkpoint, list_checkpoints, load_run_state, resume_latest, save_checkpoint
 from .distributed import (
     barrier,
@@ -25,15 +27,7 @@ from .distributed import (
     unwrap_model,
     wrap_model,
 )
-from .loop import (
-    CachedRun,
-    TrainingInterrupted,
-    TrainingRun,
-    batch_indices,
-    cached_training,
-    run_training,
-    step_generator,
-)
+from .loop import TrainingInterrupted, TrainingRun, batch_indices, run_training, step_generator
 from .optim import GradientClipping, build_optimizer, parameter_groups, trainable_parameters
 from .schedules import SCHEDULES, Schedule, WarmupCosine, WarmupMultiStep, build_schedule
 

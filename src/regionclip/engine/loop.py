@@ -13,8 +13,6 @@ shows progress and writes checkpoints, and every rank resumes from them.
 
 from __future__ import annotations
 
-import json
-import shutil
 import signal
 import threading
 import time
@@ -25,15 +23,12 @@ from typing import Any, Callable, Iterator, Protocol
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..utils import atomic_write_text
+from ..utils import progress as progress_bar
 from . import checkpointing
 from .distributed import all_ranks_true, any_rank_true, barrier, is_main_process
 from .optim import GradientClipping
 from .schedules import Schedule
-
-RESULT_FILE = "training.json"  # written last in a run directory: its presence marks a finished, cached run
 
 
 class RunConfig(Protocol):
@@ -138,7 +133,7 @@ def run_training(
     main = is_main_process()
     module.train()
     started = time.perf_counter()
-    bar = tqdm(total=config.steps, initial=start, desc=desc, unit="step", disable=not (progress and main))
+    bar = progress_bar(total=config.steps, initial=start, desc=desc, unit="step", disable=not (progress and main))
     with bar, sigterm_received() as terminated:
         for step in range(start, end):
             lr = schedule(step)
@@ -157,8 +152,10 @@ def run_training(
             if after_step is not None:
                 after_step()
             records.append(record)
+            # the postfix waits for the update's refresh: refreshing on every step would write a log line each
+            shown = postfix(record) if postfix else {"loss": f"{loss.item():.3f}"}
+            bar.set_postfix(lr=f"{lr:.2e}", **shown, refresh=False)
             bar.update(1)
-            bar.set_postfix(lr=f"{lr:.2e}", **(postfix(record) if postfix else {"loss": f"{loss.item():.3f}"}))
             done = step + 1
             stopping = any_rank_true(bool(terminated))
             if done % config.checkpoint_every == 0 or done == end or stopping:
@@ -181,39 +178,3 @@ def run_training(
         finished=step_reached >= config.steps,
         seconds=seconds_before + time.perf_counter() - started,
     )
-
-
-@dataclass
-class CachedRun:
-    """A finished run of `cached_training`: its ``training.json`` record (``losses``, ``seconds``, ...)."""
-
-    record: dict[str, Any]
-    trained_now: bool  # False when the cache already held the finished run
-    steps_run: int
-
-
-def cached_training(
-    run_dir: str | Path,
-    output: Path,
-    description: dict[str, Any],
-    train: Callable[[Path], TrainingRun],
-    save: Callable[[TrainingRun], dict[str, Any]],
-) -> CachedRun:
-    """The finished run in ``run_dir``, training (or resuming) it first when its record or ``output`` is missing.
-
-    ``description`` (what determines the run: training config, world hash, ...) is written to ``config.json``
-    before training and into the record; ``train(checkpoint_dir)`` runs or resumes the training; ``save(run)``
-    writes ``output`` (the trained weights) and returns extra record fields. The record is written last,
-    atomically, then the intermediate checkpoints are deleted.
-    """
-    run_dir = Path(run_dir)
-    result_file = run_dir / RESULT_FILE
-    if result_file.is_file() and output.is_file():
-        return CachedRun(json.loads(result_file.read_text(encoding="utf-8")), False, 0)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(description, indent=1))
-    run = train(run_dir / "checkpoints")
-    record = {"losses": run.losses, "seconds": run.seconds, **description, **save(run)}
-    atomic_write_text(result_file, json.dumps(record))
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    return CachedRun(record, True, run.steps_run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..detection import DetectionConfig
+from ..modeling.roi_heads import DetectionConfig
 from ..text.vocabulary import Vocabulary
 from ._common import load_ground_truth
 from .coco import evaluate_coco

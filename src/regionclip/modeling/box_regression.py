@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import math
 
 import torch
+from torch.nn import functional as F
 
 # dw, dh are clamped at log(1000/16) before exp, so a box grows at most 1000/16 times per decoding
 DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
@@ -77,8 +78,8 @@ class BoxCoder:
 
 
 def smooth_l1(input: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
-    """Summed smooth-L1; ``beta < 1e-5`` is plain L1 (detectron2/fvcore convention)."""
-    diff = torch.abs(input - target)
+    """Summed smooth-L1 (``0.5 d²/β`` below ``β``, ``|d| - 0.5 β`` above); ``beta < 1e-5`` is plain L1
+    (detectron2/fvcore convention)."""
     if beta < 1e-5:
-        return diff.sum()
-    return torch.where(diff < beta, 0.5 * diff**2 / beta, diff - 0.5 * beta).sum()
+        return F.l1_loss(input, target, reduction="sum")
+    return F.smooth_l1_loss(input, target, beta=beta, reduction="sum")

@@ -24,12 +24,16 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from torch import distributed as dist
 
+from ..config.base import ConfigBase
+
 LOSS_NAMES = ("region_distill", "concept_contrastive", "image_text")
 
 
 @dataclass
-class RegionTextLossConfig:
+class RegionTextLossConfig(ConfigBase):
     """Temperatures, the pseudo-label threshold and the loss weights (official values: 0.01, 0.01, 0.1, 1, 1, 1)."""
+
+    config_label = "region-text loss config"
 
     temperature: float = 0.01
     teacher_temperature: float = 0.01

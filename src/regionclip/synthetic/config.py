@@ -1,4 +1,4 @@
-"""Configuration of the synthetic world (a typed, frozen dataclass with presets and YAML I/O)."""
+"""Configuration of the synthetic world (a typed, frozen dataclass with presets; YAML I/O from `ConfigBase`)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
-import yaml
+from ..config.base import ConfigBase
 
 #: Bump when the generator's output for a given config changes (it is part of the cache key).
 GENERATOR_VERSION = "1"
@@ -19,7 +18,7 @@ SPLITS: tuple[str, ...] = ("pretrain", "det_train", "val")
 
 
 @dataclass(frozen=True)
-class WorldConfig:
+class WorldConfig(ConfigBase):
     """Everything that determines the generated world (same config → byte-identical files).
 
     The default image side is 160 px: large enough that the smallest object (12 % of the side,
@@ -27,6 +26,8 @@ class WorldConfig:
     that teacher / RPN / student training on 2 CPU cores stays within minutes (160² is 0.51× the
     pixels of 224²) and 10,000 images generate in well under two minutes.
     """
+
+    config_label = "world config"
 
     seed: int = 0
     image_size: int = 160
@@ -117,10 +118,6 @@ class WorldConfig:
         check_split(split)
         return {"pretrain": self.num_pretrain, "det_train": self.num_det_train, "val": self.num_val}[split]
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form (field order)."""
-        return dataclasses.asdict(self)
-
     def replace(self, **changes: Any) -> "WorldConfig":
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
@@ -133,38 +130,12 @@ class WorldConfig:
         payload = json.dumps({"version": GENERATOR_VERSION, "config": self.to_dict(), "categories": table}, sort_keys=True)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
-    # ---- YAML ------------------------------------------------------------------------------------
+    # ---- (de)serialisation: ConfigBase --------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "WorldConfig":
-        """Build from a dict; unknown keys are an error (typos must not silently change nothing)."""
-        if not isinstance(data, dict):
-            raise TypeError(f"expected a mapping of WorldConfig fields, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown WorldConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "WorldConfig":
-        """Load from a YAML file. A ``preset:`` key selects a preset that the other keys override."""
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a YAML mapping, got {type(data).__name__}")
+    def expand_dict(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """A ``preset:`` key selects a preset whose fields the other keys override."""
         preset = data.pop("preset", None)
-        if preset is None:
-            return cls.from_dict(data)
-        base = cls.preset(preset).to_dict()
-        unknown = sorted(set(data) - set(base))
-        if unknown:
-            raise ValueError(f"unknown WorldConfig field(s) {unknown}")
-        return cls.from_dict({**base, **data})
-
-    def to_yaml(self, path: str | Path) -> Path:
-        """Write all fields to a YAML file; returns the path."""
-        path = Path(path)
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
-        return path
+        return data if preset is None else {**cls.preset(preset).to_dict(), **data}
 
 
 PRESETS: tuple[str, ...] = ("tiny", "default", "full")

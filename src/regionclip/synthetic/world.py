@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from tqdm.auto import tqdm
-
+from ..utils import progress as progress_bar
 from .categories import CATEGORIES
 from .config import GENERATOR_VERSION, SPLITS, WorldConfig, check_split
 from .render import encode_jpeg, image_id, render_image
@@ -184,7 +183,7 @@ def _write_world(config: WorldConfig, out: Path, progress: bool, num_workers: in
         group="regionclip",
         mode=0o644,
     )
-    bar = tqdm(total=len(tasks), desc="synthetic world", unit="img", disable=not progress)
+    bar = progress_bar(total=len(tasks), desc="synthetic world", unit="img", disable=not progress)
     try:
         for (split, index), (jpeg, boxes, captions) in zip(tasks, _results(config, out, tasks, num_workers)):
             img_id = image_id(split, index)

@@ -14,11 +14,10 @@ from open_clip.tokenizer import SimpleTokenizer
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..checkpoints.io import require_finite
 from ..precision import autocast, check_precision
-from ..utils import atomic_write
+from ..utils import atomic_write, progress as progress_bar
 from .templates import prompt_name, resolve_templates
 from .vocabulary import Vocabulary
 
@@ -125,7 +124,7 @@ class TextEmbedder:
                 return cached
         names_per_chunk = max(1, self.batch_size * SORT_WINDOW_BATCHES // len(resolved))
         rows = []
-        for start in tqdm(
+        for start in progress_bar(
             range(0, len(prompts), names_per_chunk), desc="embedding names", disable=not progress, unit="chunk"
         ):
             chunk = prompts[start : start + names_per_chunk]

@@ -1,5 +1,8 @@
-"""Assembled models: the open-vocabulary detector (Fast R-CNN C4 on CLIP's parts)."""
+"""Assembled models: the region model (`RegionCLIPModel`), the offline proposal network (`ProposalNetwork`) and,
+in `regionclip.modeling.meta_arch.fast_rcnn`, the open-vocabulary detector (a `regionclip.RegionCLIP`, so it is
+imported from there: importing it here would make this package depend on the user-facing API built on it)."""
 
-from .fast_rcnn import OpenVocabularyDetector, transfer_detection_config
+from .proposal_network import ProposalNetwork
+from .region_clip import ImageDetections, RegionCLIPModel
 
-__all__ = ["OpenVocabularyDetector", "transfer_detection_config"]
+__all__ = ["ImageDetections", "ProposalNetwork", "RegionCLIPModel"]

@@ -8,8 +8,9 @@ region feature ``f [D]``, then
 * class-agnostic box regression: ``Linear(D → 4)`` on the **un-normalised** ``f``, deltas with weights
   (10, 10, 5, 5) (`BoxCoder`).
 
-Losses: `regionclip.modeling.roi_heads.fast_rcnn`. Test-time post-processing: `regionclip.detection` (score fusion,
-NMS / soft-NMS, threshold, top-k), after the box deltas are applied and the boxes clipped to the image.
+Losses: `regionclip.modeling.roi_heads.fast_rcnn`. Test-time: `RegionCLIP.detect` / `RegionCLIPModel.detect_batch`
+with this class's `refine_boxes` (box deltas applied, boxes clipped to the image) before the post-processing of
+`regionclip.modeling.roi_heads.postprocessing` (score fusion, NMS / soft-NMS, threshold, top-k).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torchvision.ops import clip_boxes_to_image
 
-from ...api import RegionCLIP, _as_boxes, _predictions
+from ...api import WEIGHTS_FILENAME, RegionCLIP
+from ...checkpoints.clip_weights import save_safetensors
+from ...checkpoints.detectron2_rpn import rpn_state_dict_for_detectron2
 from ...checkpoints.embeddings import load_embedding_file
 from ...checkpoints.transfer import (
     TransferLoadReport,
@@ -29,18 +33,13 @@ from ...checkpoints.transfer import (
     save_transfer_checkpoint,
     transfer_state_dict,
 )
-from ...checkpoints.clip_weights import save_safetensors
-from ...checkpoints.detectron2_rpn import rpn_state_dict_for_detectron2
 from ...config import ModelConfig
 from ...data.images import ImageInput, PreparedImage
-from ...detection import DetectionConfig, fuse_scores, select_detections
-from ...results import RegionPredictions
+from ...data.inputs import as_boxes
 from ...text.vocabulary import Vocabulary
 from ..box_regression import BoxCoder
-from ..rpn.proposals import clip_boxes
-from ..roi_heads.fast_rcnn import RoIHeadConfig, fast_rcnn_losses, label_and_sample_proposals
+from ..roi_heads import DetectionConfig, RoIHeadConfig, fast_rcnn_losses, label_and_sample_proposals
 
-WEIGHTS_FILENAME = "model.safetensors"
 PREDICTOR_PREFIX = "roi_heads.box_predictor."
 EmbeddingsInput = torch.Tensor | str | Path | None
 
@@ -211,18 +210,6 @@ class OpenVocabularyDetector(RegionCLIP):
         return save_safetensors(target, state, self.config, metadata)
 
     # ---- training ----------------------------------------------------------------------------------
-    def _prepare(self, images: Sequence[ImageInput | PreparedImage]) -> list[PreparedImage]:
-        return [im if isinstance(im, PreparedImage) else self.prepare([im])[0] for im in images]
-
-    def _rpn_proposals(self, prepared: Sequence[PreparedImage], config: DetectionConfig):
-        if self.rpn is None:
-            raise ValueError("no RPN: load one (from_pretrained(..., rpn=...)) or pass proposals")
-        self.rpn.eval()  # the offline RPN always runs with its test-time settings, in training too
-        return [
-            p.to(self.device)
-            for p in self.rpn([p.pixels for p in prepared], nms_thresh=config.rpn_nms_threshold, post_nms_topk=config.num_proposals)
-        ]
-
     def forward(
         self,
         images: Sequence[ImageInput | PreparedImage],
@@ -235,17 +222,18 @@ class OpenVocabularyDetector(RegionCLIP):
             raise ValueError("no training embeddings: pass train_embeddings to from_pretrained or call set_embeddings")
         if len(targets) != len(images):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
-        prepared = self._prepare(images)
+        prepared = self.prepare(images)
         if proposals is None:
-            input_proposals = [p.boxes for p in self._rpn_proposals(prepared, self.detection_config)]
+            found = self.propose(prepared, self.detection_config.rpn_nms_threshold, self.detection_config.num_proposals)
+            input_proposals = [p.boxes for p in found]
         else:
             if len(proposals) != len(prepared):
                 raise ValueError(f"{len(prepared)} images but {len(proposals)} proposal arrays")
-            input_proposals = [p.to_input_boxes(_as_boxes(b)).to(self.device) for p, b in zip(prepared, proposals)]
+            input_proposals = [p.to_input_boxes(as_boxes(b)).to(self.device) for p, b in zip(prepared, proposals)]
         num_classes = self.train_embeddings.shape[0]
         rois = []
         for image, boxes, target in zip(prepared, input_proposals, targets):
-            gt_boxes = image.to_input_boxes(_as_boxes(target["boxes"])).to(self.device)
+            gt_boxes = image.to_input_boxes(as_boxes(target["boxes"])).to(self.device)
             gt_labels = torch.as_tensor(target["labels"]).reshape(-1)
             nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # no deltas from empty boxes
             rois.append(
@@ -274,7 +262,13 @@ class OpenVocabularyDetector(RegionCLIP):
         return self(images, targets, proposals, generator)
 
     # ---- inference ---------------------------------------------------------------------------------
-    def _test_embeddings(self, vocabulary: Vocabulary, class_embeddings: torch.Tensor | None, templates) -> torch.Tensor:
+    def detection_embeddings(
+        self, vocabulary: Vocabulary, class_embeddings: torch.Tensor | None, templates: str | Sequence[str]
+    ) -> torch.Tensor:
+        """The embeddings `detect` scores with: ``class_embeddings`` if given, else the stored test (then training)
+        embeddings whose row count matches the vocabulary, else the text encoder's embeddings of the names
+        (``templates``). `detect` has the arguments and outputs of `RegionCLIP.detect`, with ``config`` defaulting to
+        ``self.detection_config`` and the boxes refined by `refine_boxes`."""
         if class_embeddings is None:
             for stored in (self.test_embeddings, self.train_embeddings):
                 if stored is not None and stored.shape[0] == len(vocabulary):
@@ -287,54 +281,7 @@ class OpenVocabularyDetector(RegionCLIP):
                 )
         return self._class_embeddings(vocabulary, class_embeddings, templates)
 
-    @torch.inference_mode()
-    def detect(  # type: ignore[override]
-        self,
-        images: ImageInput | Sequence[ImageInput],
-        vocabulary: Vocabulary | str | Sequence[str],
-        boxes: object | None = None,
-        config: DetectionConfig | None = None,
-        class_embeddings: torch.Tensor | None = None,
-        templates: str | Sequence[str] = "ensemble",
-        batch_size: int = 4,
-        image_ids: Sequence[int] | None = None,
-        progress: bool = False,
-    ) -> list[RegionPredictions]:
-        """Open-vocabulary detection with the arguments and outputs of `RegionCLIP.detect`: RPN proposals (or the
-        given ``boxes`` in original pixels, without score fusion) → region features → probabilities over ``vocabulary`` → box deltas applied and boxes
-        clipped to the image → score fusion → per-class (soft-)NMS → top detections.
-
-        Embeddings: ``class_embeddings`` if given, else the stored test (then training) embeddings whose row count
-        matches the vocabulary, else the text encoder's embeddings of the names (``templates``).
-        """
-        config = config or self.detection_config
-        vocabulary = Vocabulary.parse(vocabulary)
-        weights = self._test_embeddings(vocabulary, class_embeddings, templates)
-        predictions = []
-        for items, prepared, batch_boxes, batch_valid in self._batches(images, boxes, batch_size, image_ids, progress):
-            if batch_boxes is None:
-                found = self._rpn_proposals(prepared, config)
-                input_boxes = [p.boxes for p in found]
-                objectness: list[torch.Tensor | None] = [p.objectness_logits for p in found]
-                fusion = config.score_fusion
-            else:
-                input_boxes = [
-                    p.to_input_boxes(b[v]).to(self.device) for p, b, v in zip(prepared, batch_boxes, batch_valid)
-                ]
-                objectness, fusion = [None] * len(prepared), "none"
-            features = self.encode_boxes(prepared, input_boxes)
-            for item, image, boxes, logits, feats in zip(items, prepared, input_boxes, objectness, features):
-                probabilities = self.classifier.probabilities(feats, weights)
-                scores = fuse_scores(probabilities, logits, fusion)
-                refined = clip_boxes(self.box_coder.decode(self.bbox_pred(feats), boxes), image.size)
-                box_index, class_index, final_scores = select_detections(refined, scores, config)
-                extras = {"class_probability": probabilities[box_index, class_index]}
-                if logits is not None:
-                    extras["objectness_logit"] = logits[box_index]
-                predictions.append(
-                    _predictions(
-                        item, image, vocabulary, image.to_original_boxes(refined[box_index]),
-                        final_scores[:, None], class_index[:, None], extras,
-                    )
-                )
-        return predictions
+    def refine_boxes(self, features: torch.Tensor, boxes: torch.Tensor, image: PreparedImage) -> torch.Tensor:
+        """Class-agnostic box regression: ``bbox_pred`` deltas of the un-normalised features applied to the
+        input-frame boxes (`BoxCoder`), then clipped to the image."""
+        return clip_boxes_to_image(self.box_coder.decode(self.bbox_pred(features), boxes), image.size)

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -21,6 +20,7 @@ import torch
 from torch.nn import functional as F
 from torchvision.ops import box_iou
 
+from ...config.base import ConfigBase
 from ..box_regression import BoxCoder, smooth_l1
 from ..matcher import match_by_iou
 from ..sampling import sample_foreground_background
@@ -30,8 +30,10 @@ FOCAL_FLOOR = 1e-12
 
 
 @dataclass
-class RoIHeadConfig:
+class RoIHeadConfig(ConfigBase):
     """Sampling and loss settings of the Fast R-CNN head; the defaults are RegionCLIP's COCO transfer recipe."""
+
+    config_label = "roi_heads"
 
     batch_size_per_image: int = 512
     positive_fraction: float = 0.25
@@ -61,18 +63,6 @@ class RoIHeadConfig:
     def lvis(cls, **overrides: Any) -> RoIHeadConfig:
         """The official LVIS recipe: background weight 0.8, weighted-mean cross-entropy (no focal scaling)."""
         return cls(**{"background_weight": 0.8, "focal_gamma": None, **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["box_reg_weights"] = list(self.box_reg_weights)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RoIHeadConfig:
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown roi_heads keys: {sorted(unknown)}")
-        return cls(**data)
 
 
 @dataclass

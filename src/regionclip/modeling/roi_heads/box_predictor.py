@@ -11,7 +11,7 @@ class TextEmbeddingClassifier(nn.Module):
     """``logits = [cos(region, name_1..K), 0] / temperature``.
 
     The official background logit is the dot product with a frozen all-zero embedding, i.e. the constant 0
-    (official-facts §1.4); CLIP's learned ``logit_scale`` is not used. Class embeddings are passed per call so a
+    (docs/region-recognition.md); CLIP's learned ``logit_scale`` is not used. Class embeddings are passed per call so a
     vocabulary can be swapped at run time without rebuilding the model.
     """
 

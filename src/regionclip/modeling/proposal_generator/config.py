@@ -2,7 +2,7 @@
 
 `RPNConfig` mirrors the detectron2 config keys that change what the offline RPNs of RegionCLIP compute
 (``MODEL.RESNETS.*``, ``MODEL.FPN.*``, ``MODEL.ANCHOR_GENERATOR.*``, ``MODEL.RPN.*``, ``MODEL.PIXEL_*``).
-Presets reproduce the three released RPNs (official-facts.md §3.3, §5.1, §5.2):
+Presets reproduce the three released RPNs (docs/official-semantics.md, "Released RPNs"):
 
 * ``RPNConfig.lvis_fpn()``      - ``rpn_lvis_866.pth`` (mask_rcnn_R_50_FPN_1x, FrozenBN, 1-conv head)
 * ``RPNConfig.lvis_fpn_lsj()``  - ``rpn_lvis_866_lsj.pth`` (SyncBN in ResNet and FPN, 2-conv head)
@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ...config.base import ConfigBase
 from ..box_regression import DEFAULT_SCALE_CLAMP
 
 CAFFE_PIXEL_MEAN_BGR = (103.530, 116.280, 123.675)
@@ -51,13 +49,15 @@ def _tuple_of_tuples(value: Any, name: str) -> tuple[tuple[float, ...], ...]:
 
 
 @dataclass
-class RPNConfig:
+class RPNConfig(ConfigBase):
     """Everything that defines a detectron2 ResNet(-FPN) + StandardRPNHead proposal network.
 
     Units: anchor sizes and ``min_size`` are input-image pixels; ``pixel_mean``/``pixel_std`` are in
     0-255 units and in the channel order given by ``input_format`` (the order the weights expect;
     callers always pass RGB).
     """
+
+    config_label = "RPN config"
 
     name: str = "R50-FPN"
     variant: str = "fpn"  # "fpn": ResNet res2..res5 + FPN P2..P6; "c4": ResNet res2..res4, RPN on res4
@@ -252,36 +252,3 @@ class RPNConfig:
         if key not in presets:
             raise ValueError(f"unknown RPN preset {name!r}; choose one of {sorted(presets)}")
         return presets[key]()
-
-    # ---- (de)serialisation -----------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-Python (YAML/JSON-safe) dict of all fields."""
-        data: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, tuple):
-                value = [list(v) if isinstance(v, tuple) else v for v in value]
-            data[f.name] = value
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RPNConfig:
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown RPN config keys: {sorted(unknown)}")
-        data = dict(data)
-        tuple_keys = ("blocks_per_stage", "head_conv_dims", "iou_thresholds", "box_reg_weights", "pixel_mean", "pixel_std")
-        for key in tuple_keys:
-            if key in data and data[key] is not None:
-                data[key] = tuple(data[key])
-        return cls(**data)
-
-    def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> RPNConfig:
-        data = yaml.safe_load(Path(path).read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-        return cls.from_dict(data)

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import RPNConfig
-from .layers import ConvNorm
+from ..proposal_generator.config import RPNConfig
+from ..layers import ConvNorm
 from .resnet import ResNet
 
 

@@ -1,4 +1,4 @@
-"""Typed model configuration, loadable from and savable to YAML.
+"""Typed model configuration (YAML / dict / JSON forms from `ConfigBase`).
 
 A `ModelConfig` fully describes a RegionCLIP recognition model: CLIP's ModifiedResNet visual tower
 (split into a res4 trunk and a res5+attention-pool region head), the CLIP text tower, input
@@ -8,13 +8,9 @@ shapes used by the official RegionCLIP) and small custom sizes for tests and the
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import yaml
+from .base import ConfigBase
 
 CLIP_PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -25,8 +21,10 @@ RES5_STRIDE = 32
 
 
 @dataclass
-class VisionConfig:
+class VisionConfig(ConfigBase):
     """CLIP ModifiedResNet shape."""
+
+    config_label = "vision config"
 
     layers: tuple[int, int, int, int] = (3, 4, 6, 3)
     width: int = 64
@@ -66,8 +64,10 @@ class VisionConfig:
 
 
 @dataclass
-class TextConfig:
+class TextConfig(ConfigBase):
     """CLIP text transformer shape."""
+
+    config_label = "text config"
 
     context_length: int = 77
     vocab_size: int = 49408
@@ -77,11 +77,13 @@ class TextConfig:
 
 
 @dataclass
-class InputConfig:
+class InputConfig(ConfigBase):
     """Test-time image preprocessing (detectron2 ResizeShortestEdge semantics, CLIP normalisation).
 
     ``min_size=None`` disables resizing (images are used at their own size).
     """
+
+    config_label = "input config"
 
     min_size: int | None = 800
     max_size: int = 1333
@@ -96,8 +98,10 @@ class InputConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(ConfigBase):
     """Everything needed to build a RegionCLIP recognition model."""
+
+    config_label = "model config"
 
     name: str = "RN50"
     embed_dim: int = 1024
@@ -160,40 +164,3 @@ class ModelConfig:
         if key not in presets:
             raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(presets)}")
         return presets[key]()
-
-    # ---- (de)serialisation -----------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["vision"]["layers"] = list(self.vision.layers)
-        data["input"]["pixel_mean"] = list(self.input.pixel_mean)
-        data["input"]["pixel_std"] = list(self.input.pixel_std)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        data = dict(data)
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        vision = VisionConfig(**data.pop("vision", {}))
-        text_data = data.pop("text", {})
-        text = TextConfig(**text_data) if text_data is not None else None
-        input_cfg = InputConfig(**data.pop("input", {}))
-        return cls(vision=vision, text=text, input=input_cfg, **data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelConfig:
-        return cls.from_dict(json.loads(text))
-
-    def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> ModelConfig:
-        data = yaml.safe_load(Path(path).read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-        return cls.from_dict(data)

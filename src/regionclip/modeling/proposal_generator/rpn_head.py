@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import ConvNorm
+from ..layers import ConvNorm
 
 
 class StandardRPNHead(nn.Module):

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
 
 @dataclass
@@ -21,18 +21,8 @@ class Proposals:
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
-    def to(self, device: torch.device | str) -> Proposals:
-        return Proposals(self.boxes.to(device), self.objectness_logits.to(device), self.image_size)
-
-
-def clip_boxes(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """Clamp xyxy boxes to ``[0, W] x [0, H]``."""
-    h, w = image_size
-    x1 = boxes[:, 0].clamp(min=0, max=w)
-    y1 = boxes[:, 1].clamp(min=0, max=h)
-    x2 = boxes[:, 2].clamp(min=0, max=w)
-    y2 = boxes[:, 3].clamp(min=0, max=h)
-    return torch.stack((x1, y1, x2, y2), dim=-1)
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Proposals:
+        return Proposals(self.boxes.to(device, dtype), self.objectness_logits.to(device, dtype), self.image_size)
 
 
 def select_top_proposals(
@@ -81,7 +71,7 @@ def select_top_proposals(
             if training:
                 raise FloatingPointError("predicted proposal boxes or logits contain Inf/NaN: training has diverged")
             boxes, scores, lvl = boxes[valid], scores[valid], lvl[valid]
-        boxes = clip_boxes(boxes, image_size)
+        boxes = clip_boxes_to_image(boxes, image_size)
         widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         keep = (widths > min_size) & (heights > min_size)
         boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]

@@ -1,9 +1,10 @@
 """Zero-shot detection post-processing: score fusion with RPN objectness, per-class (soft-)NMS, top-k.
 
-Official semantics (official-facts §4.2, §11.5, §11.6): class probabilities ``p = softmax([cos/τ, 0])`` without
-the background column; with RPN boxes the score is ``sqrt(p × o)`` with ``o`` the **raw** objectness logit, so
-proposals with a negative logit give NaN and are dropped; then ``score > threshold``, per-class NMS (0.5) or
-Gaussian soft-NMS (σ 0.5), and the top detections per image (100 COCO / 300 LVIS). ``score_fusion="sigmoid"`` is a
+Official semantics (docs/official-semantics.md, "Zero-shot scores and post-processing"): class probabilities
+``p = softmax([cos/τ, 0])`` without the background column; with RPN boxes the score is ``sqrt(p × o)`` with ``o``
+the **raw** objectness logit, so proposals with a negative logit give NaN and are dropped; then
+``score > threshold``, per-class NMS (0.5) or Gaussian soft-NMS (σ 0.5), and the top detections per image
+(100 COCO / 300 LVIS). ``score_fusion="sigmoid"`` is a
 better-behaved alternative (``sqrt(p × sigmoid(o))``: a probability, nothing dropped); ``"none"`` keeps ``p``
 (ground-truth-box mode).
 """
@@ -15,12 +16,16 @@ from dataclasses import dataclass
 import torch
 from torchvision.ops import batched_nms, box_iou
 
+from ...config.base import ConfigBase
+
 SCORE_FUSIONS = ("official", "sigmoid", "none")
 
 
 @dataclass
-class DetectionConfig:
+class DetectionConfig(ConfigBase):
     """Zero-shot detection settings; defaults are the official COCO zero-shot inference config."""
+
+    config_label = "detection config"
 
     score_fusion: str = "official"
     score_threshold: float = 0.001
@@ -84,7 +89,7 @@ def soft_nms_gaussian(boxes: torch.Tensor, scores: torch.Tensor, sigma: float, p
 def select_detections(
     boxes: torch.Tensor, scores: torch.Tensor, config: DetectionConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """From ``boxes [R, 4]`` (shared by all classes: no box deltas) and ``scores [R, K]``, the final detections:
+    """From ``boxes [R, 4]`` (shared by all classes: no per-class box deltas) and ``scores [R, K]``, the final detections:
     ``(box_indices [M], class_indices [M], scores [M])`` sorted by score. A box may appear under several classes."""
     finite_rows = torch.isfinite(scores).all(dim=1)
     candidates = (scores > config.score_threshold) & finite_rows[:, None]

@@ -12,55 +12,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .anchors import AnchorGenerator
-from ..box_regression import BoxCoder
-from .config import RPNConfig
-from .fpn import FPN
-from .head import StandardRPNHead
-from .proposals import Proposals, select_top_proposals
-from .resnet import ResNet
-from .training import label_and_sample_anchors, rpn_losses
+from ..backbone import FPN, ResNet
+from ..proposal_generator import RPN, Proposals, RPNConfig, label_and_sample_anchors, rpn_losses, select_top_proposals
 
-ImageInput = torch.Tensor | Sequence[torch.Tensor]
-
-
-class RPN(nn.Module):
-    """detectron2's ``proposal_generator``: head + anchors + box coder + selection + losses."""
-
-    def __init__(self, config: RPNConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.anchor_generator = AnchorGenerator(
-            config.level_anchor_sizes, config.level_anchor_aspect_ratios, config.feature_strides, config.anchor_offset
-        )
-        self.rpn_head = StandardRPNHead(config.rpn_in_channels, config.num_anchors_per_location, config.head_conv_dims)
-        self.box_coder = BoxCoder(config.box_reg_weights, config.scale_clamp)
-
-    def predict(
-        self, features: Sequence[torch.Tensor]
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        """Run the head; returns anchors per level ``[Hi*Wi*A, 4]``, logits ``[N, Hi*Wi*A]`` and deltas
-        ``[N, Hi*Wi*A, 4]``, flattened location-major then anchor (detectron2's order)."""
-        anchors = self.anchor_generator(features)
-        raw_logits, raw_deltas = self.rpn_head(features)
-        # (N, A, H, W) -> (N, H, W, A) -> (N, H*W*A)
-        logits = [x.permute(0, 2, 3, 1).flatten(1) for x in raw_logits]
-        # (N, A*4, H, W) -> (N, A, 4, H, W) -> (N, H, W, A, 4) -> (N, H*W*A, 4)
-        deltas = [
-            x.view(x.shape[0], -1, 4, x.shape[-2], x.shape[-1]).permute(0, 3, 4, 1, 2).flatten(1, -2)
-            for x in raw_deltas
-        ]
-        return anchors, logits, deltas
-
-    def decode(self, anchors: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Decoded boxes per level ``[N, Hi*Wi*A, 4]``."""
-        out = []
-        for anchors_l, deltas_l in zip(anchors, deltas):
-            n = deltas_l.shape[0]
-            tiled = anchors_l.unsqueeze(0).expand(n, -1, -1).reshape(-1, 4)
-            boxes = self.box_coder.decode(deltas_l.reshape(-1, 4), tiled)
-            out.append(boxes.view(n, -1, 4))
-        return out
+PixelImages = torch.Tensor | Sequence[torch.Tensor]  # RGB 0-255 tensors: [3, H, W] each, or a padded [B, 3, H, W]
 
 
 class ProposalNetwork(nn.Module):
@@ -105,7 +60,7 @@ class ProposalNetwork(nn.Module):
     def train(self, mode: bool = True) -> ProposalNetwork:
         return super().train(mode and not self.frozen)
 
-    def _as_image_list(self, images: ImageInput, image_sizes: Sequence[tuple[int, int]] | None) -> list[torch.Tensor]:
+    def _as_image_list(self, images: PixelImages, image_sizes: Sequence[tuple[int, int]] | None) -> list[torch.Tensor]:
         if isinstance(images, torch.Tensor):
             if images.dim() == 3:
                 images = images.unsqueeze(0)
@@ -133,7 +88,7 @@ class ProposalNetwork(nn.Module):
         return batch
 
     def preprocess(
-        self, images: ImageInput, image_sizes: Sequence[tuple[int, int]] | None = None
+        self, images: PixelImages, image_sizes: Sequence[tuple[int, int]] | None = None
     ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """RGB 0-255 images -> (normalised, zero-padded batch ``[B, 3, Hp, Wp]``, unpadded sizes).
 
@@ -166,7 +121,7 @@ class ProposalNetwork(nn.Module):
 
     def forward(
         self,
-        images: ImageInput,
+        images: PixelImages,
         image_sizes: Sequence[tuple[int, int]] | None = None,
         *,
         nms_thresh: float | None = None,
@@ -208,7 +163,7 @@ class ProposalNetwork(nn.Module):
 
     def forward_train(
         self,
-        images: ImageInput,
+        images: PixelImages,
         gt_boxes_per_image: Sequence[torch.Tensor],
         *,
         generator: torch.Generator | None = None,
@@ -251,7 +206,7 @@ class ProposalNetwork(nn.Module):
 
     def losses(
         self,
-        images: ImageInput,
+        images: PixelImages,
         gt_boxes_per_image: Sequence[torch.Tensor],
         *,
         generator: torch.Generator | None = None,

@@ -19,14 +19,17 @@ from typing import Any, Sequence
 import torch
 
 from ..checkpoints.detectron2_rpn import load_detectron2_rpn, save_detectron2_rpn
-from ..engine.loop import TrainingRun, batch_indices, cached_training, run_training
+from ..config import ConfigBase
+from ..engine.caching import CachedRun, cached_training
+from ..engine.loop import TrainingRun, batch_indices, run_training
 from ..engine.optim import build_optimizer
 from ..engine.schedules import WarmupCosine
-from ..modeling.rpn import ProposalNetwork, RPNConfig
+from ..evaluation.proposal_recall import proposal_hits
+from ..modeling.meta_arch.proposal_network import ProposalNetwork
+from ..modeling.proposal_generator import RPNConfig
 from ..synthetic import World, WorldConfig
 from ..utils import atomic_write
 from .data import SplitData, load_split
-from .metrics import proposal_hits
 
 TRAINER_VERSION = "1"
 WEIGHTS_FILE = "rpn.pth"  # detectron2 layout {"model": state_dict}
@@ -42,8 +45,10 @@ def world_anchor_sizes(world: WorldConfig, levels: int = 5) -> tuple[tuple[float
 
 
 @dataclass(frozen=True)
-class RPNTrainConfig:
+class RPNTrainConfig(ConfigBase):
     """Everything that determines a trained RPN (with the world's hash it forms the cache key)."""
+
+    config_label = "RPN training"
 
     steps: int = 300
     batch_size: int = 16
@@ -88,16 +93,6 @@ class RPNTrainConfig:
 
     def schedule(self) -> WarmupCosine:
         return WarmupCosine(self.lr, self.steps, self.warmup_steps, self.min_lr_ratio)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RPNTrainConfig:
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown RPN training keys: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
     def cache_key(self, world: WorldConfig) -> str:
         """16 hex digits over this config, the network spec, the world and the trainer version."""
@@ -211,23 +206,12 @@ def evaluate_rpn(
     }
 
 
-# ------------------------------------------------------------------------------------------------
-# Cached training
-# ------------------------------------------------------------------------------------------------
-
-
 @dataclass
-class TrainedRPN:
+class TrainedRPN(CachedRun):
     """A finished, cached RPN: ``weights`` is a detectron2-layout ``.pth`` (``load_detectron2_rpn``)."""
 
-    run_dir: Path
-    weights: Path
-    rpn_config: RPNConfig
-    losses: list[dict[str, float]]
     config: RPNTrainConfig
-    trained_now: bool
-    steps_run: int
-    seconds: float
+    rpn_config: RPNConfig  # the network spec for the world it was trained on
 
     def load(self) -> ProposalNetwork:
         """The frozen network, read back through the detectron2 checkpoint loader."""
@@ -260,11 +244,7 @@ def get_or_train_rpn(
         return {}
 
     description = {"training": config.to_dict(), "network": rpn_config.to_dict(), "world": world.config.hash()}
-    cached = cached_training(run_dir, weights, description, train, save)
-    return TrainedRPN(
-        run_dir, weights, rpn_config, cached.record["losses"], config, cached.trained_now, cached.steps_run,
-        cached.record["seconds"],
-    )
+    return cached_training(run_dir, weights, description, train, save, TrainedRPN, config=config, rpn_config=rpn_config)
 
 
 def rpn_loss_total(losses: Sequence[dict[str, float]]) -> list[float]:

@@ -11,10 +11,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data.images import load_image_file
 from ..synthetic import World
+from ..utils import progress as progress_bar
 
 
 @dataclass
@@ -105,7 +105,8 @@ def load_split(world: World, split: str, with_images: bool = True, progress: boo
         # numpy per image (no per-call torch overhead), one layout change at the end
         array = np.empty((len(images), height, width, 3), dtype=np.uint8)
         folder = world.images_dir(split)
-        for i, im in enumerate(tqdm(images, desc=f"decode {split}", unit="img", disable=not progress, leave=False)):
+        bar = progress_bar(images, desc=f"decode {split}", unit="img", disable=not progress, leave=False)
+        for i, im in enumerate(bar):
             array[i] = decode_image(str(folder / im["file_name"]))
         pixels = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
     categories = sorted(instances["categories"], key=lambda c: c["id"])

@@ -1,0 +1,186 @@
+"""`RegionCLIPModel`: the assembled region model of RegionCLIP's recognition branch (docs/region-recognition.md).
+
+image → CLIP trunk (stem → res4, stride 16) → RoIAlign on the boxes → res5 + attention pool → region feature
+``[D]``; a text-embedding classifier turns features into class probabilities, and a frozen offline RPN gives
+proposals for detection. The user-facing methods (loading, vocabularies, predictions) are in `regionclip.RegionCLIP`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from ...config import ModelConfig
+from ...data.images import ImageInput, PreparedImage, prepare_image
+from ...precision import autocast
+from ..backbone import build_open_clip, build_visual, split_visual
+from ..proposal_generator import Proposals
+from ..roi_heads import DetectionConfig, TextEmbeddingClassifier, fuse_scores, select_detections
+from ..text_encoder import CLIPTextEncoder
+
+
+class ImageDetections(NamedTuple):
+    """Detections of one image: boxes in original pixels ``[M, 4]``, ``scores [M]``, class indices ``[M]`` and
+    per-detection extras (``class_probability``, and ``objectness_logit`` with RPN proposals)."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    classes: torch.Tensor
+    extras: dict[str, torch.Tensor]
+
+
+class RegionCLIPModel(nn.Module):
+    """CLIP's visual tower applied to regions (trunk → RoIAlign → res5 + attention pool), CLIP's text tower for
+    vocabularies, and the zero-shot classifier. Parts are swappable attributes: ``trunk``, ``pooler``, ``head``,
+    ``text_encoder``, ``classifier``, ``rpn`` (class-agnostic proposal network, frozen, used for detection).
+
+    ``precision`` (`regionclip.precision`): ``"fp32"`` (default, exact) or ``"bf16"`` / ``"fp16"`` (CUDA only),
+    applied as autocast around the region head, the RPN and the text encoder; the trunk and RoIAlign stay fp32,
+    weights stay fp32 and every output is fp32."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        trunk: nn.Module,
+        pooler: nn.Module,
+        head: nn.Module,
+        text_encoder: CLIPTextEncoder | None = None,
+        classifier: TextEmbeddingClassifier | None = None,
+        rpn: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.trunk, self.pooler, self.head = trunk, pooler, head
+        self.text_encoder = text_encoder
+        self.classifier = classifier or TextEmbeddingClassifier(config.temperature)
+        self.rpn = rpn
+        self.register_buffer("pixel_mean", torch.tensor(config.input.pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.input.pixel_std).view(3, 1, 1), persistent=False)
+        self.region_batch_size = 256  # regions per res5 + attention-pool call; bounds peak memory
+        # channels_last makes the per-region res5 convolutions ~25 % faster on CPU (benchmarks/zeroshot_inference.py)
+        self.head.to(memory_format=torch.channels_last)
+        self._precision = "fp32"
+        self.eval()
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> RegionCLIPModel:
+        """Randomly initialised model of the given shape."""
+        if config.text is not None:
+            clip = build_open_clip(config)
+            visual, text_encoder = clip.visual, CLIPTextEncoder(clip)
+        else:
+            visual, text_encoder = build_visual(config), None
+        trunk, pooler, head = split_visual(visual, config.vision.pooler_resolution)
+        return cls(config, trunk, pooler, head, text_encoder)
+
+    # ---- precision and device ----------------------------------------------------------------------
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        autocast(value, self.device)  # refuses unknown names and fp16 off CUDA before anything runs
+        self._precision = value
+
+    def autocast(self):
+        """The autocast context of ``self.precision`` on the model's device (nothing for fp32)."""
+        return autocast(self.precision, self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ---- images → region features ------------------------------------------------------------------
+    def prepare(self, images: Sequence[ImageInput | PreparedImage]) -> list[PreparedImage]:
+        """Images decoded and resized for the model (test-time shortest-edge resize); prepared ones pass as given."""
+        size = self.config.input
+        return [im if isinstance(im, PreparedImage) else prepare_image(im, size.min_size, size.max_size) for im in images]
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """0–255 RGB → CLIP-normalised input (same operation order as ToTensor + Normalize)."""
+        return (pixels.to(self.device) / 255.0 - self.pixel_mean) / self.pixel_std
+
+    def forward(self, images: Sequence[ImageInput | PreparedImage], boxes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Un-normalised region features ``[R_i, D]`` of each image's xyxy ``boxes`` (original-image pixels)."""
+        if len(boxes) != len(images):
+            raise ValueError(f"{len(images)} images but {len(boxes)} box arrays")
+        prepared = self.prepare(images)
+        return self.encode_boxes(prepared, [p.to_input_boxes(torch.as_tensor(b).float()) for p, b in zip(prepared, boxes)])
+
+    def encode_boxes(self, prepared: Sequence[PreparedImage], input_boxes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Un-normalised region embeddings for boxes given in each image's *resized* input frame.
+
+        Images of equal size share one trunk batch; different sizes run separately instead of being padded to a
+        common size, so an image's features never depend on what it was batched with.
+        """
+        outputs: list[torch.Tensor | None] = [None] * len(prepared)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(prepared):
+            by_size.setdefault(image.size, []).append(index)
+        for indices in by_size.values():
+            batch = torch.stack([self.normalize(prepared[i].pixels) for i in indices])
+            features = self.trunk(batch)
+            pooled = self.pooler(features, [input_boxes[i].to(self.device) for i in indices])
+            pooled = pooled.contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                embeddings = torch.cat(
+                    [self.head(chunk).float() for chunk in pooled.split(self.region_batch_size)]
+                ) if len(pooled) else pooled.new_zeros(0, self.config.embed_dim)
+            for i, chunk in zip(indices, embeddings.split([len(input_boxes[i]) for i in indices])):
+                outputs[i] = chunk.float()
+        return outputs  # type: ignore[return-value]
+
+    # ---- proposals and detection -------------------------------------------------------------------
+    def propose(self, prepared: Sequence[PreparedImage], nms_threshold: float, num_proposals: int) -> list[Proposals]:
+        """The RPN's proposals (input frame, float32, on the model's device): NMS at ``nms_threshold``, at most
+        ``num_proposals`` per image. The offline RPN always runs with its test-time settings, in training too."""
+        if self.rpn is None:
+            raise ValueError(
+                "no RPN for proposals: attach one (model.rpn or from_pretrained(..., rpn=...)) or pass boxes / proposals"
+            )
+        self.rpn.eval()
+        with self.autocast():
+            found = self.rpn(
+                [p.pixels for p in prepared], nms_thresh=nms_threshold, post_nms_topk=num_proposals
+            )
+        return [p.to(self.device, torch.float32) for p in found]
+
+    def refine_boxes(self, features: torch.Tensor, boxes: torch.Tensor, image: PreparedImage) -> torch.Tensor:
+        """The boxes detections are reported with, from the region features and the input-frame boxes they were
+        pooled from: unchanged here (zero-shot recognition has no box regression); a detector applies its deltas."""
+        return boxes
+
+    def detect_batch(
+        self,
+        prepared: Sequence[PreparedImage],
+        given_boxes: Sequence[torch.Tensor] | None,
+        class_embeddings: torch.Tensor,
+        config: DetectionConfig,
+    ) -> list[ImageDetections]:
+        """Detections of a batch: RPN proposals (or ``given_boxes`` in original pixels, official GT mode: no score
+        fusion) → region features → class probabilities → `refine_boxes` → score fusion → per-class (soft-)NMS →
+        top detections. One label per detection; a box can be detected under several classes."""
+        if given_boxes is None:
+            proposals = self.propose(prepared, config.rpn_nms_threshold, config.num_proposals)
+            input_boxes = [p.boxes for p in proposals]
+            objectness: list[torch.Tensor | None] = [p.objectness_logits for p in proposals]
+            fusion = config.score_fusion
+        else:
+            input_boxes = [p.to_input_boxes(b).to(self.device) for p, b in zip(prepared, given_boxes)]
+            objectness, fusion = [None] * len(prepared), "none"
+        features = self.encode_boxes(prepared, input_boxes)
+        out = []
+        for image, boxes, logits, feats in zip(prepared, input_boxes, objectness, features):
+            probabilities = self.classifier.probabilities(feats, class_embeddings)
+            scores = fuse_scores(probabilities, logits, fusion)
+            boxes = self.refine_boxes(feats, boxes, image)
+            box_index, class_index, final_scores = select_detections(boxes, scores, config)
+            extras = {"class_probability": probabilities[box_index, class_index]}
+            if logits is not None:
+                extras["objectness_logit"] = logits[box_index]
+            original_boxes = image.to_original_boxes(boxes[box_index])
+            out.append(ImageDetections(original_boxes, final_scores, class_index, extras))
+        return out
