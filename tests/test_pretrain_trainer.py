@@ -172,3 +172,21 @@ def test_two_gloo_processes_gather_the_image_text_loss_and_keep_identical_weight
     batch = next(iter(caption_loader(caption_source(config), StepPlan(4, config.seed), config.transform(), num_steps=1)))
     single = model.losses(batch, proposals=[[[4.0, 4.0, 40.0, 40.0], [10.0, 20.0, 70.0, 60.0]]] * 4)["image_text"].item()
     assert gathered[0] == pytest.approx(single, rel=1e-5)
+
+
+def test_world_source_with_its_category_names_as_the_concept_pool(setup, tmp_path):
+    from regionclip.synthetic import World
+
+    config = _config(
+        {"weights": setup["weights"], "concepts": "world"}, tmp_path / "world_run", world={"preset": "tiny"},
+        cache_dir=str(tmp_path / "cache"), steps=1, batch_size=2, checkpoint_every=1,
+    )
+    run = pretrain(config, progress=False)
+    assert run.finished and (tmp_path / "world_run" / "model_final.pth").is_file()
+    world = World.open(next((tmp_path / "cache" / "worlds").iterdir()))
+    model = build_model(config)
+    names = [c["name"] for c in world.load_instances("pretrain")["categories"]]
+    assert model.concept_embeddings.shape == (len(names), 32) and len(names) > 1
+    batch = next(iter(caption_loader(caption_source(config), StepPlan(2, config.seed), config.transform(), num_steps=1)))
+    world_captions = {a["caption"] for a in world.load_captions("pretrain")["annotations"]}
+    assert len(batch) == 2 and set(batch.captions) <= world_captions

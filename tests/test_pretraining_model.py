@@ -217,6 +217,16 @@ def test_given_proposals_make_losses_deterministic_and_gradients_reach_only_the_
     assert model.training and not model.teacher_trunk.training and not model.text_encoder.training and not model.rpn.training
 
 
+def test_bf16_autocast_keeps_the_losses_close_and_computes_them_in_fp32(official_file, pool, images, proposals):
+    model = _model(official_file, pool)
+    exact = model.losses(images, CAPTIONS, proposals=proposals)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model.losses(images, CAPTIONS, proposals=proposals)
+    for name in exact:
+        assert low[name].dtype == torch.float32
+        assert low[name].item() == pytest.approx(exact[name].item(), rel=0.1)
+
+
 def test_rpn_regions_are_sampled_with_the_generator(official_file, pool, images):
     from regionclip.modeling.meta_arch import ProposalSampling
 

@@ -359,10 +359,12 @@ class RegionTextPretraining(nn.Module):
         student, teacher, global_features = self.features(batch, regions, global_box)
         with torch.no_grad():
             caption_features = self.text_encoder(tokens).float()
-        return region_text_losses(
-            student, teacher, self.concept_embeddings, global_features, caption_features, self.loss_config,
-            self.teacher_concept_embeddings,
-        )
+        # the losses in fp32 under any autocast: at τ = 0.01 a bf16 cosine would move the logits by ~0.4
+        with torch.autocast(self.device.type, enabled=False):
+            return region_text_losses(
+                student, teacher, self.concept_embeddings, global_features, caption_features, self.loss_config,
+                self.teacher_concept_embeddings,
+            )
 
     def losses(
         self,
@@ -396,9 +398,10 @@ class RegionTextPretraining(nn.Module):
         pixels = batch.images.to(self.device)
         teacher = self._embed(self.teacher_trunk, self.teacher_pooler, self.teacher_head, pixels, regions)
         pool = self.concept_embeddings if self.teacher_concept_embeddings is None else self.teacher_concept_embeddings
-        labels: PseudoLabels = teacher_pseudo_labels(
-            teacher, pool, self.loss_config.teacher_temperature, self.loss_config.concept_threshold
-        )
+        with torch.autocast(self.device.type, enabled=False):
+            labels: PseudoLabels = teacher_pseudo_labels(
+                teacher, pool, self.loss_config.teacher_temperature, self.loss_config.concept_threshold
+            )
         scores = labels.probs.max(dim=-1).values if len(labels.probs) else labels.probs.new_zeros(0)
         out, start = [], 0
         for index, boxes in enumerate(regions):
