@@ -1,6 +1,6 @@
 """Pretraining throughput (images/s) in fp32 and bf16 autocast, from the trainer's own JSONL log.
 
-    PYTHONPATH=src python benchmarks/pretraining_throughput.py [--model tiny] [--steps 12] [--batch-size 8]
+    PYTHONPATH=src python benchmarks/pretraining_throughput.py [--model tiny] [--steps 12] [--batch-size 8] [--threads 1]
 
 Generated weights (He-initialised convolutions, a tiny RPN) and generated images: the speed does not depend on
 what the weights have learnt. Reports the median images/s over the steps after the first two (warm-up), with the
@@ -54,7 +54,10 @@ def main() -> None:
     parser.add_argument("--regions", type=int, default=100, help="regions per image (official: 100)")
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=160)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = {"model": args.model, "batch_size": args.batch_size, "regions_per_image": args.regions,
                "image_size": [args.height, args.width], "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,6 +23,7 @@ from regionclip.data.captions import StepPlan, caption_loader
 from regionclip.modeling.rpn import ProposalNetwork, RPNConfig
 from regionclip.pretrain import PretrainConfig, build_model, caption_source, pretrain
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread avoids OpenMP stalls
 WORDS = ["red", "blue", "green", "square", "circle", "tree", "car", "dog"]
 
 

@@ -18,6 +18,7 @@ from regionclip.data.pretrain_images import PretrainTransform
 from regionclip.modeling.clip_parts import build_open_clip
 from regionclip.modeling.rpn import ProposalNetwork, RPNConfig
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # tiny models: one thread avoids OpenMP stalls
 KEEP_SIZE = PretrainTransform(min_size=None)
 CAPTIONS = ["a red square on grass", "two blue circles", "a green triangle near a tree"]
 SIZES = [(96, 128), (80, 112), (112, 96)]  # different sizes: the batch is padded to 112 x 128
@@ -170,9 +171,9 @@ def _reference_losses(path, images, captions, proposals, pool) -> dict[str, floa
 
 
 def student_tokens(captions):
-    from open_clip.tokenizer import SimpleTokenizer
+    from regionclip.modeling.meta_arch.pretraining import _tokenizer
 
-    return SimpleTokenizer(context_length=77)(captions)
+    return _tokenizer(77)(captions)
 
 
 # ---- tests ----------------------------------------------------------------------------------------------------

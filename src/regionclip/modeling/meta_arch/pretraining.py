@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,12 @@ class RegionPseudoLabels:
     concepts: torch.Tensor
     scores: torch.Tensor
     keep: torch.Tensor
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(context_length: int) -> SimpleTokenizer:
+    """One OpenAI BPE tokenizer per context length (reading its merges takes most of a second)."""
+    return SimpleTokenizer(context_length=context_length)
 
 
 def _frozen(module: nn.Module) -> nn.Module:
@@ -130,7 +137,7 @@ class RegionTextPretraining(nn.Module):
         self.register_buffer("concept_embeddings", None, persistent=False)
         self.register_buffer("teacher_concept_embeddings", None, persistent=False)
         self.set_concepts(concept_embeddings, teacher_concept_embeddings)
-        self.tokenizer = SimpleTokenizer(context_length=self.text_encoder.context_length)
+        self.tokenizer = _tokenizer(self.text_encoder.context_length)
         self.load_report: PretrainingLoadReport | None = None
         self.eval()  # as RegionCLIP: training is asked for explicitly (the trainer does)
 
