@@ -150,8 +150,8 @@ TWO_RANKS = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
 def test_two_gloo_processes_gather_the_image_text_loss_and_keep_identical_weights(setup, tmp_path):
+    """~7 s on 2 idle cores (two torchrun processes, 2 training steps)."""
     config = _config(setup, tmp_path / "ddp", steps=2)
     config.to_yaml(tmp_path / "ddp.yaml")
     script = tmp_path / "two_ranks.py"
