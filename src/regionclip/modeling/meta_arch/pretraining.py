@@ -133,7 +133,6 @@ class RegionTextPretraining(nn.Module):
         self.transform = transform or PretrainTransform()
         self.sampling = sampling or ProposalSampling()
         self.loss_config = loss_config or RegionTextLossConfig()
-        self.freeze_at = freeze_at
         self.register_buffer("concept_embeddings", None, persistent=False)
         self.register_buffer("teacher_concept_embeddings", None, persistent=False)
         self.set_concepts(concept_embeddings, teacher_concept_embeddings)
@@ -423,7 +422,7 @@ class RegionTextPretraining(nn.Module):
         return out
 
 
-def _concept_pool(model: RegionCLIP, pool: ConceptPool | torch.Tensor) -> torch.Tensor:
+def _concept_pool(model: RegionCLIP, pool: ConceptPool) -> torch.Tensor:
     """``[K, D]`` embeddings from a tensor, an official embedding ``.pth``, or a vocabulary (embedded by the text
     encoder, 81-template ensemble, cached)."""
     if isinstance(pool, torch.Tensor):
