@@ -36,6 +36,18 @@ def _build_model(config: ModelConfig, seed: int = 0) -> RegionCLIP:
     return model.eval()
 
 
+def _build_diverse_model(config: ModelConfig, seed: int = 0) -> RegionCLIP:
+    """`_build_model` with He-initialised convolutions: region features that differ visibly between boxes (the
+    default initialisation gives a tiny random model nearly the same feature for every box)."""
+    model = _build_model(config, seed)
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            fan_in = module.weight[0].numel()
+            module.weight.data.copy_(torch.randn(module.weight.shape, generator=generator) * (2 / fan_in) ** 0.5)
+    return model
+
+
 def _build_model_with_rpn(seed: int = 0) -> RegionCLIP:
     model = _build_model(ModelConfig.tiny(), seed=seed)
     torch.manual_seed(seed)
@@ -52,6 +64,13 @@ def make_model() -> Callable[..., RegionCLIP]:
     """``make_model(config, seed=0)``: a RegionCLIP in eval mode with seeded random weights and randomised
     BatchNorm statistics."""
     return _build_model
+
+
+@pytest.fixture(scope="session")
+def make_diverse_model() -> Callable[..., RegionCLIP]:
+    """``make_diverse_model(config, seed=0)``: like ``make_model`` with He-initialised convolutions, so that region
+    features differ between boxes (pseudo-labels and contrastive losses need that)."""
+    return _build_diverse_model
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Command line: ``regionclip classify | detect | extract-features | evaluate-zeroshot | embed-vocab | concepts | finetune | evaluate | demo``.
+"""Command line: ``regionclip classify | detect | extract-features | evaluate-zeroshot | embed-vocab | concepts | finetune | pretrain | evaluate | demo``.
 
 Options are checked before any weights load (bad ones are usage errors, exit status 2); the errors a user can act
 on print one ``error: ...`` line and exit with status 1 (``regionclip --debug ...`` shows the traceback); images
@@ -549,6 +549,26 @@ def finetune(
     run = run_finetune(settings, progress=progress)
     last = run.losses[-1] if run.losses else {}
     typer.echo(f"{run.step} steps in {run.seconds:.0f} s; last losses {last}; detector in {settings.output_dir}")
+
+
+@_command()
+def pretrain(
+    config: Path = typer.Option(..., "--config", help="Pretraining YAML (see configs/pretrain/)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Region–text pretraining of a RegionCLIP student (resumes an interrupted run; docs/pretraining.md).
+
+    Several GPUs/processes: torchrun --nproc_per_node N -m regionclip.pretrain --config CONFIG."""
+    from .pretrain import PretrainConfig
+    from .pretrain import pretrain as run_pretrain
+
+    try:
+        settings = PretrainConfig.from_yaml(config)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        raise typer.BadParameter(str(error), param_hint="--config") from None
+    run = run_pretrain(settings, progress=progress)
+    last = run.losses[-1] if run.losses else {}
+    typer.echo(f"{run.step} steps in {run.seconds:.0f} s; last losses {last}; student in {settings.output_dir}")
 
 
 def _vocabulary_or_embeddings(spec: Optional[str]):
