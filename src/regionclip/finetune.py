@@ -11,8 +11,6 @@ written as this project's safetensors and as the official ``.pth`` layout.
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,6 @@ from .engine import (
     barrier,
     batch_indices,
     build_optimizer,
-    cleanup_distributed,
     get_world_size,
     init_distributed,
     is_main_process,
@@ -36,10 +33,11 @@ from .engine import (
     unwrap_model,
     wrap_model,
 )
+from .engine.distributed import launch_from_yaml
 from .engine.loop import TrainingRun
 from .modeling.meta_arch.fast_rcnn import OpenVocabularyDetector
 from .modeling.roi_heads import RoIHeadConfig
-from .utils import atomic_write_text
+from .utils import atomic_write_text, write_json
 
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -152,20 +150,13 @@ def finetune(config: FinetuneConfig, progress: bool = True, stop_after: int | No
         trained = unwrap_model(run.module)
         trained.save_pretrained(output / "model.safetensors")
         trained.save_official(output / "model_final.pth")
-        atomic_write_text(output / "training.json", json.dumps({"losses": run.losses, "seconds": run.seconds}))
+        write_json(output / "training.json", {"losses": run.losses, "seconds": run.seconds})
     barrier()
     return run
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m regionclip.finetune", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, type=Path, help="Fine-tuning YAML (configs/transfer/*.yaml).")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        finetune(FinetuneConfig.from_yaml(args.config), progress=not args.no_progress)
-    finally:
-        cleanup_distributed()
+    launch_from_yaml("python -m regionclip.finetune", __doc__.splitlines()[0], FinetuneConfig, finetune, argv)
 
 
 if __name__ == "__main__":

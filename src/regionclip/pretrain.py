@@ -12,7 +12,6 @@ safetensors plus the official ``{"model": ...}`` pretraining ``.pth``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -30,7 +29,6 @@ from .engine import (
     WarmupMultiStep,
     barrier,
     build_optimizer,
-    cleanup_distributed,
     get_rank,
     get_world_size,
     init_distributed,
@@ -40,6 +38,7 @@ from .engine import (
     unwrap_model,
     wrap_model,
 )
+from .engine.distributed import launch_from_yaml
 from .engine.loop import TrainingRun
 from .modeling.meta_arch.pretraining import ProposalSampling, RegionTextPretraining
 from .modeling.region_text_losses import LOSS_NAMES, RegionTextLossConfig
@@ -269,14 +268,7 @@ def pretrain(config: PretrainConfig, progress: bool = True, stop_after: int | No
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m regionclip.pretrain", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, type=Path, help="Pretraining YAML (configs/pretrain/*.yaml).")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        pretrain(PretrainConfig.from_yaml(args.config), progress=not args.no_progress)
-    finally:
-        cleanup_distributed()
+    launch_from_yaml("python -m regionclip.pretrain", __doc__.splitlines()[0], PretrainConfig, pretrain, argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import torch
 
 from ..modeling.meta_arch.proposal_network import ProposalNetwork
 from ..modeling.proposal_generator.config import RESNET_BLOCKS_BY_DEPTH, RPNConfig
-from .io import load_pickled_weights, require_finite
+from .io import load_pickled_weights, require_finite, save_detectron2_checkpoint
 
 RPN_PREFIXES = ("backbone.", "proposal_generator.")
 REGIONCLIP_PREFIX = "offline_"
@@ -254,6 +254,6 @@ def rpn_state_dict_for_detectron2(model: ProposalNetwork, *, regionclip: bool = 
     return {prefix + k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def save_detectron2_rpn(model: ProposalNetwork, path: str | Path, *, regionclip: bool = False) -> None:
-    """Write ``{"model": state_dict}`` with detectron2 (or RegionCLIP ``offline_*``) key names."""
-    torch.save({"model": rpn_state_dict_for_detectron2(model, regionclip=regionclip)}, Path(path))
+def save_detectron2_rpn(model: ProposalNetwork, path: str | Path, *, regionclip: bool = False) -> Path:
+    """Write ``{"model": state_dict}`` with detectron2 (or RegionCLIP ``offline_*``) key names, atomically."""
+    return save_detectron2_checkpoint(path, rpn_state_dict_for_detectron2(model, regionclip=regionclip))

@@ -1,4 +1,5 @@
-"""What every weight reader shares: opening a pickled PyTorch file as data only, and refusing non-finite weights."""
+"""What every weight reader and writer shares: opening a pickled PyTorch file as data only, refusing non-finite
+weights, and writing the detectron2 ``{"model": state_dict}`` container atomically."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..utils import atomic_write
 from .torchscript import is_torchscript_archive, read_torchscript_state_dict
 
 
@@ -51,3 +53,12 @@ def require_finite(tensors: Mapping[str, torch.Tensor], source: str | Path) -> N
                     f"{source}: tensor {name!r} holds {int((~valid).sum())} NaN/Inf value(s) out of "
                     f"{tensor.numel()}; the weights are corrupt"
                 )
+
+
+def save_detectron2_checkpoint(
+    path: str | Path, state: Mapping[str, torch.Tensor], extra: Mapping[str, object] | None = None
+) -> Path:
+    """Write ``{"model": state, **extra}`` (the detectron2 / official RegionCLIP ``.pth`` container; ``extra``: e.g.
+    ``iteration``) atomically."""
+    payload = {**dict(extra or {}), "model": dict(state)}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))

@@ -27,8 +27,8 @@ from ..config import ModelConfig
 from ..modeling.backbone import build_open_clip, build_visual
 from ..modeling.meta_arch.proposal_network import ProposalNetwork
 from ..modeling.proposal_generator import RPNConfig
-from ..utils import atomic_write
 from .clip_weights import IGNORED_CLIP_KEYS, TEXT_PREFIXES, infer_config, read_state_dict, split_checkpoint
+from .io import save_detectron2_checkpoint
 from .detectron2_rpn import BN_COUNTER, LoadReport, detect_rpn_config, read_detectron2_checkpoint, split_rpn_state_dict
 
 STUDENT_PREFIX = "backbone."
@@ -242,8 +242,7 @@ def save_pretraining_checkpoint(
     path: str | Path, weights: PretrainingWeights, extra: Mapping[str, object] | None = None
 ) -> Path:
     """Write ``{"model": state_dict, **extra}`` in the official layout, atomically (``extra``: e.g. ``iteration``)."""
-    payload = {**dict(extra or {}), "model": weights.state_dict()}
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return save_detectron2_checkpoint(path, weights.state_dict(), extra)
 
 
 __all__ = [

@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
-from ..utils import atomic_write
 from .clip_weights import (
     IGNORED_CLIP_KEYS,
     METADATA_FORMAT,
@@ -34,6 +33,7 @@ from .clip_weights import (
     read_state_dict,
     split_checkpoint,
 )
+from .io import save_detectron2_checkpoint
 from .detectron2_rpn import BN_COUNTER, read_detectron2_checkpoint, split_rpn_state_dict
 from .pretraining import TEACHER_PREFIX, read_pretraining_checkpoint
 
@@ -170,8 +170,7 @@ def transfer_state_dict(
 
 def save_transfer_checkpoint(path: str | Path, state: Mapping[str, torch.Tensor]) -> Path:
     """Write ``{"model": state}`` (the official ``.pth`` container), atomically."""
-    payload = {"model": dict(state)}
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return save_detectron2_checkpoint(path, state)
 
 
 __all__ = [

@@ -124,3 +124,20 @@ def cleanup_distributed() -> None:
     """Leave the process group if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def launch_from_yaml(prog: str, description: str, config_type: type, train, argv: list[str] | None = None) -> None:
+    """The ``python -m regionclip.<trainer> --config FILE`` entry point that torchrun starts on every rank: parse the
+    command line, build ``config_type.from_yaml(FILE)``, run ``train(config, progress=...)`` and always leave the
+    process group."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", required=True, type=Path, help="Run configuration (YAML).")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        train(config_type.from_yaml(args.config), progress=not args.no_progress)
+    finally:
+        cleanup_distributed()

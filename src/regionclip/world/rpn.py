@@ -28,7 +28,6 @@ from ..evaluation.proposal_recall import proposal_hits
 from ..modeling.meta_arch.proposal_network import ProposalNetwork
 from ..modeling.proposal_generator import RPNConfig
 from ..synthetic import World, WorldConfig
-from ..utils import atomic_write
 from .data import SplitData, load_split
 
 TRAINER_VERSION = "1"
@@ -240,7 +239,7 @@ def get_or_train_rpn(
         return train_rpn(split, config, world.config, checkpoint_dir, progress=progress)
 
     def save(run: TrainingRun) -> dict[str, Any]:
-        atomic_write(weights, lambda tmp: save_detectron2_rpn(run.module.freeze(), tmp))
+        save_detectron2_rpn(run.module.freeze(), weights)
         return {}
 
     description = {"training": config.to_dict(), "network": rpn_config.to_dict(), "world": world.config.hash()}
