@@ -1,3 +1,4 @@
+# Over 300 lines: the three caption sources share one determinism scheme (StepPlan, sample seeds), kept in one place.
 """Image–caption pairs for region–text pretraining, deterministic by (seed, rank, step).
 
 Sources: webdataset shards as img2dataset writes them (``.jpg``/``.png``/... + ``.txt`` and/or ``.json`` with a

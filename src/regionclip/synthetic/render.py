@@ -1,3 +1,4 @@
+# Over 300 lines: one image's rendering pipeline (background, layers, rasterisation, masks); its steps only serve render_image.
 """Rendering of one synthetic image: background, clutter, objects, exact visible masks, captions.
 
 Every image is a pure function of ``(config, split, index)``: its RNG is seeded with

@@ -1,0 +1,5 @@
+"""``python -m regionclip.cli``."""
+
+from . import app
+
+app()
