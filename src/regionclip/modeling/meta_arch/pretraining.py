@@ -10,6 +10,9 @@ route, a frozen text encoder and a frozen class-agnostic RPN. One batch:
 3. the student embeds the regions and one whole-image ("global") box per image by the same RoI route; the teacher
    embeds the regions; the text encoder embeds the captions (EOT);
 4. `region_text_losses`: teacher pseudo-labels, ``region_distill``, ``concept_contrastive``, ``image_text``.
+
+One module over 300 lines on purpose: it is one class (construction from the four weight formats, batch
+preparation, features, losses, pseudo-labels); the loss arithmetic itself lives in `regionclip.modeling.region_text_losses`.
 """
 
 from __future__ import annotations
