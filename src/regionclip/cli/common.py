@@ -14,9 +14,9 @@ import typer
 BRANCHES = ("student", "teacher")
 
 
-def _load_model(spec: str, device: Optional[str]):
-    """``PATH`` or ``NAME`` with an optional ``@teacher`` / ``@student`` branch suffix. A spec naming an existing
-    file or directory is taken whole (file names may contain ``@``)."""
+def _load_model(spec: str, device: Optional[str], precision: str = "fp32"):
+    """``PATH`` or ``NAME`` with an optional ``@teacher`` / ``@student`` branch suffix, run at ``precision``. A spec
+    naming an existing file or directory is taken whole (file names may contain ``@``)."""
     from ..api import RegionCLIP
 
     path, branch = spec, "student"
@@ -27,7 +27,7 @@ def _load_model(spec: str, device: Optional[str]):
                 f"{spec}: no such weights file, and {branch!r} is not a branch (use @student or @teacher)",
                 param_hint="--weights",
             )
-    return RegionCLIP.from_pretrained(path, branch=branch, device=device)
+    return RegionCLIP.from_pretrained(path, branch=branch, device=device, precision=precision)
 
 
 OUTPUT_FORMATS = ("coco", "hf", "regions")
@@ -36,6 +36,19 @@ OUTPUT_FORMATS = ("coco", "hf", "regions")
 class OnError(str, Enum):
     skip = "skip"
     fail = "fail"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+PRECISION_HELP = "fp32 (exact, official arithmetic) | bf16 (autocast; CPU or GPU) | fp16 (CUDA only)."
+
+
+def precision_option():
+    return typer.Option(Precision.fp32, "--precision", help=PRECISION_HELP)
 
 
 ON_ERROR_HELP = "skip: write every readable image, list the others, exit 1 | fail: stop at the first unreadable image."

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from . import _command
-from .common import _load_model, _parse_vocabulary
+from .common import Precision, _load_model, _parse_vocabulary, precision_option
 
 
 @_command("evaluate-zeroshot")
@@ -30,6 +30,7 @@ def evaluate_zeroshot_command(
         None, "--metrics-out", help="Write the metrics json here (undefined metrics, e.g. APl without large objects, are null)."
     ),
     device: Optional[str] = typer.Option(None, "--device"),
+    precision: Precision = precision_option(),
 ) -> None:
     """COCO AP/AP50 (+ OV-COCO novel/base/all AP50) or LVIS AP/APr/APc/APf of zero-shot inference."""
     from ..checkpoints import load_embedding_file
@@ -46,7 +47,7 @@ def evaluate_zeroshot_command(
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--score-fusion") from None
     embeddings = load_embedding_file(class_embeddings) if class_embeddings else None
-    model = _load_model(weights, device)
+    model = _load_model(weights, device, precision.value)
     if rpn is not None:
         model.attach_rpn(rpn)
     metrics, results = evaluate_zeroshot(
@@ -93,6 +94,7 @@ def evaluate(
     out: Path = typer.Option(Path("coco_instances_results.json"), "--out", help="COCO results json."),
     metrics_out: Optional[Path] = typer.Option(None, "--metrics-out", help="Write the metrics json here."),
     device: Optional[str] = typer.Option(None, "--device"),
+    precision: Precision = precision_option(),
 ) -> None:
     """Open-vocabulary detection AP: OV-COCO AP50 novel/base/all, or LVIS AP/APr/APc/APf (300 detections)."""
     from ..config import ModelConfig
@@ -112,6 +114,7 @@ def evaluate(
         weights, train_embeddings=train_file, test_embeddings=test_file, rpn=rpn,
         config=ModelConfig.preset(model) if model else None, device=device,
     )
+    detector.precision = precision.value
     typer.echo(detector.load_report.summary())
     if base_vocabulary is not None and not lvis:
         base = set(base_vocabulary.category_ids)

@@ -17,7 +17,10 @@ from .common import (
     _load_model,
     _missing_images,
     _parse_vocabulary,
+    PRECISION_HELP,
+    Precision,
     check_output_format,
+    precision_option,
     read_boxes_file,
     report_failures,
     run_per_image,
@@ -40,6 +43,7 @@ def classify(
     templates: str = typer.Option("ensemble", "--templates", help="ensemble (81 prompts) or single."),
     on_error: OnError = typer.Option(OnError.skip, "--on-error", help=ON_ERROR_HELP),
     device: Optional[str] = typer.Option(None, "--device"),
+    precision: Precision = precision_option(),
 ) -> None:
     """Top-k labels of the given boxes over any vocabulary (zero-shot)."""
     from ..viz import draw_predictions, side_by_side
@@ -57,7 +61,7 @@ def classify(
     for spec in weights:
         if not remaining:
             break
-        model = _load_model(spec, device)
+        model = _load_model(spec, device, precision.value)
         class_embeddings = model.embed_vocabulary(vocabulary, templates)
 
         def run(indices: list[int], model=model, class_embeddings=class_embeddings) -> list:
@@ -89,11 +93,11 @@ def classify(
     report_failures(failed, len(images))
 
 
-def _detection_config(vocab_is_lvis: bool, **options):
+def _detection_config(preset: str, vocab_is_lvis: bool, **options):
     from ..modeling.roi_heads import DetectionConfig
 
     chosen = {k: v for k, v in options.items() if v is not None}
-    return DetectionConfig.lvis(**chosen) if vocab_is_lvis else DetectionConfig(**chosen)
+    return DetectionConfig.preset(preset, lvis=vocab_is_lvis, **chosen)
 
 
 @_command()
@@ -108,7 +112,11 @@ def detect(
     soft_nms: bool = typer.Option(False, "--soft-nms", help="Gaussian soft-NMS (sigma 0.5) instead of NMS."),
     score_threshold: Optional[float] = typer.Option(None, "--score-threshold"),
     max_detections: Optional[int] = typer.Option(None, "--max-detections", min=1, help="Default 100 (300 for LVIS)."),
-    num_proposals: int = typer.Option(1000, "--num-proposals", min=1),
+    num_proposals: Optional[int] = typer.Option(None, "--num-proposals", min=1, help="Default 1000 (300 with --preset fast)."),
+    preset: str = typer.Option(
+        "exact", "--preset",
+        help="exact (official) | fast (300 proposals, RoIAlign sampling 2, bf16, region batches across images).",
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Write predictions json here."),
     output_format: str = typer.Option("coco", "--format", help="coco | hf | regions"),
     draw: Optional[Path] = typer.Option(None, "--draw", help="Directory for annotated images."),
@@ -116,6 +124,9 @@ def detect(
     templates: str = typer.Option("ensemble", "--templates"),
     on_error: OnError = typer.Option(OnError.skip, "--on-error", help=ON_ERROR_HELP),
     device: Optional[str] = typer.Option(None, "--device"),
+    precision: Optional[Precision] = typer.Option(
+        None, "--precision", help=PRECISION_HELP + " Default: the preset's (exact fp32, fast bf16)."
+    ),
 ) -> None:
     """Zero-shot detection: RPN proposals classified over any vocabulary."""
     from ..viz import draw_predictions
@@ -125,8 +136,9 @@ def detect(
     vocabulary = _parse_vocabulary(vocab)
     try:
         config = _detection_config(
-            vocabulary.frequency is not None, score_fusion=score_fusion, soft_nms=soft_nms,
+            preset, vocabulary.frequency is not None, score_fusion=score_fusion, soft_nms=soft_nms,
             score_threshold=score_threshold, max_detections=max_detections, num_proposals=num_proposals,
+            precision=precision.value if precision is not None else None,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
@@ -176,9 +188,13 @@ def extract_features(
     vocab: Optional[str] = typer.Option(None, "--vocab", help="Also store class probabilities over this vocabulary."),
     num_proposals: int = typer.Option(100, "--num-proposals", min=1),
     batch_size: int = typer.Option(4, "--batch-size", min=1),
+    num_workers: int = typer.Option(
+        0, "--num-workers", min=0, help="Processes decoding and resizing the next images while the model runs."
+    ),
     templates: str = typer.Option("ensemble", "--templates", help="Prompts for --vocab: ensemble (81) or single."),
     on_error: OnError = typer.Option(OnError.skip, "--on-error", help=ON_ERROR_HELP),
     device: Optional[str] = typer.Option(None, "--device"),
+    precision: Precision = precision_option(),
 ) -> None:
     """Region boxes and un-normalised features (and optional probabilities) for every image; resumable into a
     folder made with the same weights and settings."""
@@ -187,12 +203,12 @@ def extract_features(
     _check_templates(templates)
     vocabulary = _parse_vocabulary(vocab) if vocab is not None else None
     total = len(list_images(image_dir))
-    model = _load_model(weights, device)
+    model = _load_model(weights, device, precision.value)
     if rpn is not None:
         model.attach_rpn(rpn)
     summary = extract_region_features(
         model, image_dir, out, vocabulary, num_proposals=num_proposals, batch_size=batch_size, templates=templates,
-        on_error=on_error.value,
+        on_error=on_error.value, num_workers=num_workers,
     )
     typer.echo(f"wrote {summary.written} files into {out} ({summary.skipped} already present)")
     report_failures(summary.failed, total)
@@ -205,13 +221,14 @@ def embed_vocab(
     out: Path = typer.Option(..., "--out", help="Embedding file: .pth (official [N, D] format)."),
     templates: str = typer.Option("ensemble", "--templates", help="ensemble (81 prompts) or single."),
     device: Optional[str] = typer.Option(None, "--device"),
+    precision: Precision = precision_option(),
 ) -> None:
     """Write the un-normalised ``[N, D]`` class embeddings of a vocabulary (official ``.pth`` format)."""
     from ..checkpoints.embeddings import save_embedding_file
 
     _check_templates(templates)
     vocabulary = _parse_vocabulary(vocab)
-    model = _load_model(weights, device)
+    model = _load_model(weights, device, precision.value)
     embeddings = model.embed_vocabulary(vocabulary, templates, progress=True)
     save_embedding_file(out, embeddings)
     typer.echo(f"wrote {out}: {tuple(embeddings.shape)}")

@@ -39,7 +39,20 @@ class RoIPooler(nn.Module):
 
     def forward(self, features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
         """``boxes[i]`` are xyxy boxes of image i in the (resized) input pixel frame; returns ``[sum R, C, S, S]``."""
-        rois = torch.cat([torch.cat([b.new_full((len(b), 1), i), b], dim=1) for i, b in enumerate(boxes)]).to(features.dtype)
+        return self.pool(features, self.rois(features, boxes))
+
+    @staticmethod
+    def rois(features: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """``[sum R, 5]`` rows ``(batch index, x0, y0, x1, y1)`` in ``features``' dtype, as ``roi_align`` takes them."""
+        if not boxes:
+            return features.new_zeros(0, 5)
+        return torch.cat([torch.cat([b.new_full((len(b), 1), i), b], dim=1) for i, b in enumerate(boxes)]).to(features.dtype)
+
+    def pool(self, features: torch.Tensor, rois: torch.Tensor, sampling_ratio: int | None = None) -> torch.Tensor:
+        """RoIAlignV2 of ``rois`` (see `rois`) on ``features``: ``[len(rois), C, S, S]``. A positive
+        ``sampling_ratio`` replaces the pooler's own (a fixed grid is bounded for any box size); None or 0 keeps it."""
+        if sampling_ratio:
+            return self._roi_align(features, rois, sampling_ratio)
         large = self._over_the_cap(rois)
         if not large.any():
             return self._roi_align(features, rois)
@@ -49,13 +62,13 @@ class RoIPooler(nn.Module):
             out[index] = self._factorised_roi_align(features, rois[index])
         return out
 
-    def _roi_align(self, features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+    def _roi_align(self, features: torch.Tensor, rois: torch.Tensor, sampling_ratio: int | None = None) -> torch.Tensor:
         return roi_align(
             features,
             rois,
             output_size=self.output_size,
             spatial_scale=self.spatial_scale,
-            sampling_ratio=self.sampling_ratio,
+            sampling_ratio=self.sampling_ratio if sampling_ratio is None else sampling_ratio,
             aligned=True,
         )
 

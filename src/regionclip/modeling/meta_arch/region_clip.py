@@ -7,6 +7,7 @@ proposals for detection. The user-facing methods (loading, vocabularies, predict
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import NamedTuple, Sequence
 
 import torch
@@ -89,6 +90,17 @@ class RegionCLIPModel(nn.Module):
         """The autocast context of ``self.precision`` on the model's device (nothing for fp32)."""
         return autocast(self.precision, self.device)
 
+    @contextmanager
+    def using_precision(self, precision: str | None):
+        """``self.precision`` set to ``precision`` (None: unchanged) inside the block, restored after it."""
+        previous = self.precision
+        if precision is not None:
+            self.precision = precision
+        try:
+            yield
+        finally:
+            self._precision = previous
+
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
@@ -110,28 +122,56 @@ class RegionCLIPModel(nn.Module):
         prepared = self.prepare(images)
         return self.encode_boxes(prepared, [p.to_input_boxes(torch.as_tensor(b).float()) for p, b in zip(prepared, boxes)])
 
-    def encode_boxes(self, prepared: Sequence[PreparedImage], input_boxes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def encode_boxes(
+        self,
+        prepared: Sequence[PreparedImage],
+        input_boxes: Sequence[torch.Tensor],
+        across_images: bool = False,
+        sampling_ratio: int | None = None,
+    ) -> list[torch.Tensor]:
         """Un-normalised region embeddings for boxes given in each image's *resized* input frame.
 
         Images of equal size share one trunk batch; different sizes run separately instead of being padded to a
-        common size, so an image's features never depend on what it was batched with.
+        common size, so an image's features never depend on what it was batched with. Regions go through RoIAlign
+        and the region head ``region_batch_size`` at a time, so peak memory is bounded however many boxes there are
+        (RoIAlign is per region, so chunking it changes nothing). ``across_images`` fills those chunks with the
+        regions of every image of the call, not one image size at a time (fewer, fuller head calls); a positive
+        ``sampling_ratio`` replaces RoIAlign's adaptive sampling (`RoIPooler.pool`).
         """
-        outputs: list[torch.Tensor | None] = [None] * len(prepared)
         by_size: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(prepared):
             by_size.setdefault(image.size, []).append(index)
-        for indices in by_size.values():
+        # every region as (size group, row of its roi among the group's): the order of the outputs
+        features, rois, regions = [], [], []
+        for group, indices in enumerate(by_size.values()):
             batch = torch.stack([self.normalize(prepared[i].pixels) for i in indices])
-            features = self.trunk(batch)
-            pooled = self.pooler(features, [input_boxes[i].to(self.device) for i in indices])
-            pooled = pooled.contiguous(memory_format=torch.channels_last)
-            with self.autocast():
-                embeddings = torch.cat(
-                    [self.head(chunk).float() for chunk in pooled.split(self.region_batch_size)]
-                ) if len(pooled) else pooled.new_zeros(0, self.config.embed_dim)
-            for i, chunk in zip(indices, embeddings.split([len(input_boxes[i]) for i in indices])):
-                outputs[i] = chunk.float()
+            features.append(self.trunk(batch))
+            rois.append(self.pooler.rois(features[-1], [input_boxes[i].to(self.device) for i in indices]))
+            regions.append([(group, row) for row in range(len(rois[-1]))])
+        runs = [[region for group in regions for region in group]] if across_images else regions
+        chunks = [run[start : start + self.region_batch_size]
+                  for run in runs for start in range(0, len(run), self.region_batch_size)]
+        embeddings = [self._embed_regions(features, rois, chunk, sampling_ratio) for chunk in chunks]
+        flat = torch.cat(embeddings) if embeddings else torch.zeros(0, self.config.embed_dim, device=self.device)
+        # back to image order: flat follows the group order, each group its images in order
+        order = [i for indices in by_size.values() for i in indices]
+        outputs: list[torch.Tensor | None] = [None] * len(prepared)
+        for i, chunk in zip(order, flat.split([len(input_boxes[i]) for i in order])):
+            outputs[i] = chunk
         return outputs  # type: ignore[return-value]
+
+    def _embed_regions(
+        self, features: list[torch.Tensor], rois: list[torch.Tensor], chunk: list[tuple[int, int]], sampling_ratio: int | None
+    ) -> torch.Tensor:
+        """Pooled and embedded regions of one chunk (float32), ``chunk`` listing (size group, roi row) pairs."""
+        rows = torch.tensor([row for _, row in chunk], device=self.device)
+        groups = torch.tensor([group for group, _ in chunk], device=self.device)
+        pooled = torch.cat([
+            self.pooler.pool(features[group], rois[group][rows[groups == group]], sampling_ratio)
+            for group in dict.fromkeys(group for group, _ in chunk)
+        ]).contiguous(memory_format=torch.channels_last)
+        with self.autocast():
+            return self.head(pooled).float()
 
     # ---- proposals and detection -------------------------------------------------------------------
     def propose(self, prepared: Sequence[PreparedImage], nms_threshold: float, num_proposals: int) -> list[Proposals]:
@@ -163,15 +203,18 @@ class RegionCLIPModel(nn.Module):
         """Detections of a batch: RPN proposals (or ``given_boxes`` in original pixels, official GT mode: no score
         fusion) → region features → class probabilities → `refine_boxes` → score fusion → per-class (soft-)NMS →
         top detections. One label per detection; a box can be detected under several classes."""
-        if given_boxes is None:
-            proposals = self.propose(prepared, config.rpn_nms_threshold, config.num_proposals)
-            input_boxes = [p.boxes for p in proposals]
-            objectness: list[torch.Tensor | None] = [p.objectness_logits for p in proposals]
-            fusion = config.score_fusion
-        else:
-            input_boxes = [p.to_input_boxes(b).to(self.device) for p, b in zip(prepared, given_boxes)]
-            objectness, fusion = [None] * len(prepared), "none"
-        features = self.encode_boxes(prepared, input_boxes)
+        with self.using_precision(config.precision):
+            if given_boxes is None:
+                proposals = self.propose(prepared, config.rpn_nms_threshold, config.num_proposals)
+                input_boxes = [p.boxes for p in proposals]
+                objectness: list[torch.Tensor | None] = [p.objectness_logits for p in proposals]
+                fusion = config.score_fusion
+            else:
+                input_boxes = [p.to_input_boxes(b).to(self.device) for p, b in zip(prepared, given_boxes)]
+                objectness, fusion = [None] * len(prepared), "none"
+            features = self.encode_boxes(
+                prepared, input_boxes, config.batch_regions_across_images, config.roi_sampling_ratio
+            )
         out = []
         for image, boxes, logits, feats in zip(prepared, input_boxes, objectness, features):
             probabilities = self.classifier.probabilities(feats, class_embeddings)

@@ -10,10 +10,11 @@ from .fast_rcnn import (
     fast_rcnn_losses,
     label_and_sample_proposals,
 )
-from .postprocessing import DetectionConfig, fuse_scores, select_detections, soft_nms_gaussian
+from .postprocessing import DETECTION_PRESETS, DetectionConfig, fuse_scores, select_detections, soft_nms_gaussian
 from .region_head import Res5AttnPoolHead, attention_pool_first_token
 
 __all__ = [
+    "DETECTION_PRESETS",
     "DetectionConfig",
     "Res5AttnPoolHead",
     "RoIHeadConfig",
