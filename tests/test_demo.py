@@ -175,6 +175,9 @@ def test_default_preset_cache_keys_are_pinned(tmp_path):
     world = SimpleNamespace(config=preset.world)
     assert teacher_training.teacher_run_dir(tmp_path, world, preset.teachers[0]).name == "teacher-tiny-3ac0a5e36b1d90cb"
     assert rpn_training.rpn_run_dir(tmp_path, world, preset.rpn).name == "rpn-baf5523fc1e3fddb"
+    assert preset.student.cache_key("teacher-tiny-3ac0a5e36b1d90cb", "rpn-baf5523fc1e3fddb", world_hash) == (
+        "59b8680a31582624"
+    )
 
 
 def test_choose_threads(monkeypatch):

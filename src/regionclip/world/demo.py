@@ -1,8 +1,8 @@
 """The main job (`regionclip demo`, `make demo`): the embedded world end to end, without downloads.
 
 Stages: generate the synthetic world (cached) → train the CLIP teacher(s) and the class-agnostic RPN (cached by
-config + world hash + seed, resumable) → evaluate (retrieval R@1, zero-shot accuracy of whole images and of
-ground-truth boxes, proposal recall) → bundle teacher + RPN into one ``model.safetensors`` that
+config + world hash + seed, resumable) → pretrain a region–text student from the first teacher (cached) → evaluate (retrieval R@1, zero-shot accuracy of whole images and of
+ground-truth boxes, proposal recall; teacher vs student on GT boxes and pseudo-labels) → bundle teacher + RPN into one ``model.safetensors`` that
 ``RegionCLIP.from_pretrained`` loads → draw a Fig. 1-style picture and the loss curves → ``report.md``.
 """
 
@@ -43,7 +43,7 @@ PRESETS = ("tiny", "default", "full")
 
 @dataclass(frozen=True)
 class DemoPreset(ConfigBase):
-    """What `run_demo` builds: the world, the teachers, the RPN and the evaluation settings."""
+    """What `run_demo` builds: the world, the teachers, the RPN, the student and the evaluation settings."""
 
     config_label = "demo preset"
 
