@@ -1,8 +1,9 @@
 """The main job (`regionclip demo`, `make demo`): the embedded world end to end, without downloads.
 
 Stages: generate the synthetic world (cached) → train the CLIP teacher(s) and the class-agnostic RPN (cached by
-config + world hash + seed, resumable) → pretrain a region–text student from the first teacher (cached) → evaluate (retrieval R@1, zero-shot accuracy of whole images and of
-ground-truth boxes, proposal recall; teacher vs student on GT boxes and pseudo-labels) → bundle teacher + RPN into one ``model.safetensors`` that
+config + world hash + seed, resumable) → pretrain a region–text student from the first teacher (cached) → evaluate
+(retrieval R@1, zero-shot accuracy of whole images and of ground-truth boxes, proposal recall; teacher vs student
+on GT boxes and pseudo-labels) → bundle teacher + RPN into one ``model.safetensors`` that
 ``RegionCLIP.from_pretrained`` loads → draw a Fig. 1-style picture and the loss curves → ``report.md``.
 """
 
@@ -51,7 +52,7 @@ class DemoPreset(ConfigBase):
     world: WorldConfig
     teachers: tuple[TeacherTrainConfig, ...]
     rpn: RPNTrainConfig
-    student: StudentPretrainConfig = field(default_factory=StudentPretrainConfig)  # pretrained from teachers[0]
+    student: StudentPretrainConfig = field(default_factory=StudentPretrainConfig)  # starts from teacher 0
     templates: str = "ensemble"  # prompts for zero-shot names: "ensemble" (official 81) or "single" ('a photo of a {}.')
     figure_images: int = 4
     # Picture only: the sigmoid fusion keeps proposals with a negative objectness logit (the official one drops them)

@@ -53,7 +53,9 @@ class StudentPretrainConfig(ConfigBase):
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
         self.pretrain_config("init", {}, "out")  # validates the values through PretrainConfig
 
-    def pretrain_config(self, weights: str, world: dict[str, Any], output_dir: str, cache_dir: str | None = None) -> PretrainConfig:
+    def pretrain_config(
+        self, weights: str, world: dict[str, Any], output_dir: str, cache_dir: str | None = None
+    ) -> PretrainConfig:
         """The full `PretrainConfig`: world-sized images, the world's ``pretrain`` split and category names."""
         return PretrainConfig(
             weights=weights, concepts="world", output_dir=output_dir, world=world, world_split="pretrain",
