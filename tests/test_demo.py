@@ -8,11 +8,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from PIL import Image
 
 from regionclip import RegionCLIP
 from regionclip.world import demo as demo_module
 from regionclip.world import rpn as rpn_training
+from regionclip.world import student as student_training
 from regionclip.world.demo import DemoPreset, choose_threads, figure_image_indices, run_demo
 from regionclip.world.teacher import train as teacher_training
 
@@ -33,7 +35,8 @@ def test_demo_writes_report_with_all_figures(demo_run):
     root, report = demo_run
     out = root / "out"
     text = report.read_text()
-    for heading in ("## World", "## CLIP teacher", "## Class-agnostic RPN", "## Wall time per stage"):
+    for heading in ("## World", "## CLIP teacher", "## Class-agnostic RPN", "## Region–text pretraining (student)",
+                    "## Wall time per stage"):
         assert heading in text
     for figure in ("R@1 image→text", "R@1 text→image", "largest object", "GT boxes", "recall@100", "recall@300", "*chance*"):
         assert figure in text
@@ -49,8 +52,8 @@ def test_demo_writes_report_with_all_figures(demo_run):
     assert teacher["image_top1"] <= teacher["image_top5"] and teacher["region_top1"] <= teacher["region_top3"]
     assert set(teacher["retrieval"]) == {"image_to_text", "text_to_image"}
     assert set(summary["rpn"]["recall"]) == {"base", "novel", "all"}
-    assert summary["stage_notes"]["teacher tiny"] == "trained" and summary["stage_notes"]["rpn"] == "trained"
-    for name in ("world", "teacher tiny", "rpn", "evaluate tiny", "figures"):
+    assert summary["stage_notes"] == {"teacher tiny": "trained", "rpn": "trained", "student": "trained"}
+    for name in ("world", "teacher tiny", "rpn", "student", "evaluate tiny", "evaluate student", "figures"):
         assert summary["stages"][name] >= 0.0
     for picture in ("regions_top3.png", "training_curves.png"):
         with Image.open(out / picture) as image:
@@ -77,13 +80,57 @@ def test_second_run_reuses_cached_models(demo_run, monkeypatch):
 
     monkeypatch.setattr(teacher_training, "train_teacher", forbidden)
     monkeypatch.setattr(rpn_training, "train_rpn", forbidden)
+    monkeypatch.setattr(student_training, "pretrain", forbidden)
     report = run_demo(root / "again", preset="tiny", cache_dir=root / "cache", progress=False, threads=1)
     summary = json.loads((root / "again" / "report.json").read_text())
-    assert summary["stage_notes"] == {"teacher tiny": "cached", "rpn": "cached"}
+    assert summary["stage_notes"] == {"teacher tiny": "cached", "rpn": "cached", "student": "cached"}
     first = json.loads((root / "out" / "report.json").read_text())
     assert summary["teachers"]["tiny"]["region_top1"] == first["teachers"]["tiny"]["region_top1"]
+    assert summary["student"]["region_top1"] == first["student"]["region_top1"]
+    assert summary["pseudo_labels"] == first["pseudo_labels"]
     assert summary["rpn"]["recall"] == first["rpn"]["recall"]
     assert "(cached)" in report.read_text()
+
+
+def test_student_row_recomputes_from_saved_student(demo_run):
+    """The report's student figures are those of the saved student weights: GT-box zero-shot accuracy and
+    pseudo-label accuracy recomputed here match, and the student did move away from its teacher."""
+    from regionclip.synthetic import World
+    from regionclip.world.data import load_split
+    from regionclip.world.teacher import evaluate_teacher
+
+    root, report = demo_run
+    summary = json.loads((root / "out" / "report.json").read_text())
+    student = RegionCLIP.from_pretrained(summary["student"]["weights"], device="cpu")
+    teacher = RegionCLIP.from_pretrained(summary["teachers"]["tiny"]["weights"], device="cpu")
+    assert summary["student"]["initialised_from"] == "tiny"
+    assert any(not torch.equal(a, b) for a, b in zip(student.trunk.state_dict().values(),
+                                                      teacher.trunk.state_dict().values()))
+    val = load_split(World.open(summary["world"]["root"]), "val", progress=False)
+    templates = summary["preset"]["templates"]
+    recomputed = evaluate_teacher(student, val, templates=templates).to_dict()
+    for key in ("region_top1", "region_top3", "region_top1_by_split", "num_regions"):
+        assert recomputed[key] == summary["student"][key]
+    pseudo = student_training.proposal_pseudo_label_accuracy(student, val, teacher, templates)
+    assert pseudo == summary["pseudo_labels"]["student"]
+    assert summary["pseudo_labels"]["tiny"]["matched"] == pseudo["matched"] > 0  # same RPN proposals for both
+    assert f"| student | {100 * recomputed['region_top1']:.1f}%" in report.read_text()
+
+
+def test_pseudo_label_accuracy_hand_example():
+    proposals = [torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 8], [20, 20, 30, 30], [50, 50, 60, 60]]),
+                 torch.tensor([[0.0, 0, 4, 4]])]
+    predicted = [torch.tensor([3, 3, 5, 7]), torch.tensor([1])]
+    gt_boxes = [torch.tensor([[0.0, 0, 10, 10], [21, 21, 30, 30]]), torch.zeros(0, 4)]
+    gt_labels = [torch.tensor([3, 4]), torch.zeros(0, dtype=torch.long)]
+    # proposal 0: IoU 1 with GT 0 (3 = 3, hit); 1: IoU 0.8 with GT 0 (hit); 2: IoU 81/100 with GT 1 (5 != 4, miss);
+    # 3: no overlap (not counted); the second image has no GT (not counted)
+    result = student_training.pseudo_label_accuracy(proposals, predicted, gt_boxes, gt_labels)
+    assert result == {"accuracy": 2 / 3, "matched": 3, "proposals": 5}
+    strict = student_training.pseudo_label_accuracy(proposals, predicted, gt_boxes, gt_labels, iou_threshold=0.85)
+    assert strict == {"accuracy": 1.0, "matched": 1, "proposals": 5}
+    empty = student_training.pseudo_label_accuracy(proposals[1:], predicted[1:], gt_boxes[1:], gt_labels[1:])
+    assert empty["matched"] == 0 and empty["accuracy"] != empty["accuracy"]
 
 
 def test_cli_demo_uses_cache(demo_run):
@@ -128,6 +175,9 @@ def test_default_preset_cache_keys_are_pinned(tmp_path):
     world = SimpleNamespace(config=preset.world)
     assert teacher_training.teacher_run_dir(tmp_path, world, preset.teachers[0]).name == "teacher-tiny-3ac0a5e36b1d90cb"
     assert rpn_training.rpn_run_dir(tmp_path, world, preset.rpn).name == "rpn-baf5523fc1e3fddb"
+    assert preset.student.cache_key("teacher-tiny-3ac0a5e36b1d90cb", "rpn-baf5523fc1e3fddb", world_hash) == (
+        "59b8680a31582624"
+    )
 
 
 def test_choose_threads(monkeypatch):

@@ -1,8 +1,9 @@
 """The main job (`regionclip demo`, `make demo`): the embedded world end to end, without downloads.
 
 Stages: generate the synthetic world (cached) → train the CLIP teacher(s) and the class-agnostic RPN (cached by
-config + world hash + seed, resumable) → evaluate (retrieval R@1, zero-shot accuracy of whole images and of
-ground-truth boxes, proposal recall) → bundle teacher + RPN into one ``model.safetensors`` that
+config + world hash + seed, resumable) → pretrain a region–text student from the first teacher (cached) → evaluate
+(retrieval R@1, zero-shot accuracy of whole images and of ground-truth boxes, proposal recall; teacher vs student
+on GT boxes and pseudo-labels) → bundle teacher + RPN into one ``model.safetensors`` that
 ``RegionCLIP.from_pretrained`` loads → draw a Fig. 1-style picture and the loss curves → ``report.md``.
 """
 
@@ -30,6 +31,7 @@ from ..utils import atomic_write_text
 from .data import SplitData, load_split
 from .report import draw_figure, draw_loss_curves, render_report, tail_mean
 from .rpn import RPNTrainConfig, evaluate_rpn, get_or_train_rpn
+from .student import StudentPretrainConfig, get_or_pretrain_student, proposal_pseudo_label_accuracy
 from .teacher import TeacherReport, TeacherTrainConfig, TrainedTeacher, evaluate_teacher, get_or_train_teacher
 
 PRESETS = ("tiny", "default", "full")
@@ -42,7 +44,7 @@ PRESETS = ("tiny", "default", "full")
 
 @dataclass(frozen=True)
 class DemoPreset(ConfigBase):
-    """What `run_demo` builds: the world, the teachers, the RPN and the evaluation settings."""
+    """What `run_demo` builds: the world, the teachers, the RPN, the student and the evaluation settings."""
 
     config_label = "demo preset"
 
@@ -50,6 +52,7 @@ class DemoPreset(ConfigBase):
     world: WorldConfig
     teachers: tuple[TeacherTrainConfig, ...]
     rpn: RPNTrainConfig
+    student: StudentPretrainConfig = field(default_factory=StudentPretrainConfig)  # starts from teacher 0
     templates: str = "ensemble"  # prompts for zero-shot names: "ensemble" (official 81) or "single" ('a photo of a {}.')
     figure_images: int = 4
     # Picture only: the sigmoid fusion keeps proposals with a negative objectness logit (the official one drops them)
@@ -74,6 +77,8 @@ class DemoPreset(ConfigBase):
             world=WorldConfig.tiny(),
             teachers=(TeacherTrainConfig(model="tiny", steps=3, batch_size=16, warmup_steps=1, checkpoint_every=2),),
             rpn=RPNTrainConfig(steps=3, batch_size=8, warmup_steps=1, width=8, checkpoint_every=2),
+            student=StudentPretrainConfig(steps=3, batch_size=4, warmup_steps=1, regions_per_image=8, rpn_top_k=50,
+                                          checkpoint_every=2),
             figure_images=2,
         )
 
@@ -91,6 +96,7 @@ class DemoPreset(ConfigBase):
             world=WorldConfig.default(num_pretrain=12_000),
             teachers=(TeacherTrainConfig(model="tiny", steps=3000, batch_size=64, warmup_steps=50),),
             rpn=RPNTrainConfig(steps=300, batch_size=16),
+            student=StudentPretrainConfig(steps=200, batch_size=16, warmup_steps=20),
         )
 
     @classmethod
@@ -106,6 +112,7 @@ class DemoPreset(ConfigBase):
                 TeacherTrainConfig(model="small", image_size=64, steps=8000, batch_size=64, warmup_steps=100),
             ),
             rpn=RPNTrainConfig(steps=600, batch_size=16, warmup_steps=30),
+            student=StudentPretrainConfig(steps=600, batch_size=16, warmup_steps=50),
         )
 
     @classmethod
@@ -121,8 +128,8 @@ class DemoPreset(ConfigBase):
     # ---- (de)serialisation: ConfigBase --------------------------------------------------------------
     @classmethod
     def expand_dict(cls, data: dict[str, Any]) -> dict[str, Any]:
-        """A preset without ``world`` or ``rpn`` uses the default ones."""
-        return {"world": {}, "rpn": {}, **data}
+        """A preset without ``world``, ``rpn`` or ``student`` uses the default ones."""
+        return {"world": {}, "rpn": {}, "student": {}, **data}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,6 +231,11 @@ def run_demo(
         with timer.stage("rpn"):
             trained_rpn = get_or_train_rpn(world, config.rpn, cache / "models", progress=progress)
         timer.notes["rpn"] = "trained" if trained_rpn.trained_now else "cached"
+        with timer.stage("student"):
+            student = get_or_pretrain_student(
+                world, config.student, teachers[0], trained_rpn, cache / "models", progress=progress
+            )
+        timer.notes["student"] = "trained" if student.trained_now else "cached"
         with timer.stage("rpn evaluation"):
             rpn = trained_rpn.load()
             rpn_figures = evaluate_rpn(rpn, val)
@@ -247,6 +259,15 @@ def run_demo(
                         model, val, figure_image_indices(val, config.figure_images), vocabulary, embeddings,
                         DetectionConfig(**config.detection), out_dir / "regions_top3.png",
                     )
+        with timer.stage("evaluate student"):
+            first = teachers[0].config.label
+            student_model = student.load()
+            student_report = evaluate_teacher(student_model, val, templates=config.templates, progress=progress)
+            teacher_model = RegionCLIP.from_pretrained(bundles[first], device="cpu")
+            pseudo_labels = {
+                first: proposal_pseudo_label_accuracy(teacher_model, val, templates=config.templates),
+                "student": proposal_pseudo_label_accuracy(student_model, val, teacher_model, config.templates),
+            }
         with timer.stage("figures"):
             draw_loss_curves(teachers, trained_rpn, out_dir / "training_curves.png")
     finally:
@@ -264,6 +285,10 @@ def run_demo(
                    "train_seconds": t.seconds, "final_loss": tail_mean(t.losses)}
             for name, t in zip((t.config.label for t in teachers), teachers)
         },
+        "student": {**student_report.to_dict(), "weights": str(student.weights), "cache": str(student.run_dir),
+                    "train_seconds": student.seconds, "initialised_from": first,
+                    "final_loss": tail_mean([sum(step.values()) for step in student.losses])},
+        "pseudo_labels": pseudo_labels,
         "rpn": {**rpn_figures, "weights": str(trained_rpn.weights), "train_seconds": trained_rpn.seconds,
                 "network": trained_rpn.rpn_config.to_dict()},
         "stages": timer.seconds,

@@ -116,6 +116,37 @@ def draw_loss_curves(teachers: list[TrainedTeacher], rpn: TrainedRPN, path: Path
     plt.close(fig)
 
 
+def student_section(config: DemoPreset, summary: dict[str, Any], timer: StageTimer) -> list[str]:
+    """Teacher vs pretrained student on validation: GT-box zero-shot top-1 and pseudo-label accuracy."""
+    student, first = summary["student"], summary["student"]["initialised_from"]
+    teacher, pseudo = summary["teachers"][first], summary["pseudo_labels"]
+    s = config.student
+    lines = [
+        "",
+        "## Region–text pretraining (student)",
+        "",
+        f"Student initialised from teacher `{first}`, pretrained on the pretraining captions with this RPN "
+        f"(top {s.rpn_top_k} proposals, {s.regions_per_image} sampled per image) and the world's category names as "
+        f"concepts, images at their own size: {s.steps} steps × {s.batch_size} images, "
+        f"{student['train_seconds'] / 60:.1f} min ({timer.notes.get('student', '')}), final loss "
+        f"{student['final_loss']:.3f}. Pseudo-label accuracy: the model's top-1 category on the top "
+        f"{int(pseudo[first]['proposals'] / max(1, student['num_images']))} RPN proposals of each validation image "
+        "against the category of the GT box it overlaps most, over the proposals with IoU ≥ 0.5 "
+        f"({pseudo[first]['matched']} of {pseudo[first]['proposals']}).",
+        "",
+        "| model | GT boxes top-1 | base | novel | pseudo-label accuracy |",
+        "|---|---|---|---|---|",
+    ]
+    for name, entry in ((f"teacher {first}", teacher), ("student", student)):
+        split = entry["region_top1_by_split"]
+        lines.append(
+            f"| {name} | {percent(entry['region_top1'])} | {percent(split.get('base', float('nan')))} | "
+            f"{percent(split.get('novel', float('nan')))} | "
+            f"{percent(pseudo[first if entry is teacher else 'student']['accuracy'])} |"
+        )
+    return lines
+
+
 def render_report(
     config: DemoPreset,
     world: World,
@@ -200,6 +231,7 @@ def render_report(
             f"| {group} ({rpn_figures['num_boxes'][group]}) | "
             + " | ".join(percent(recall[group][n]) for n in tops) + " |"
         )
+    lines += student_section(config, summary, timer)
     lines += [
         "",
         "## Pictures",
