@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,12 +23,10 @@ _UMASK_LOCK = threading.Lock()
 def current_umask() -> int:
     """The process umask, read without changing it where the OS allows (Linux ``/proc/self/status``); elsewhere
     set and restored at once under a lock, the only way POSIX offers to read it."""
-    try:
+    with contextlib.suppress(OSError):  # no /proc: fall back to setting and restoring it
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
                 return int(line.split()[1], 8)
-    except OSError:
-        pass
     with _UMASK_LOCK:
         mask = os.umask(0o077)
         os.umask(mask)

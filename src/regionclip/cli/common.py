@@ -123,8 +123,8 @@ def run_per_image(
             results.update(zip(chunk, run(chunk)))
             continue
         except UNREADABLE_IMAGE_ERRORS:
-            pass
-        for index in chunk:
+            failed_batch = chunk  # some image of the batch is unreadable: retry one by one to lose only that one
+        for index in failed_batch:
             try:
                 results[index] = run([index])[0]
             except UNREADABLE_IMAGE_ERRORS as error:
