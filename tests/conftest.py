@@ -133,5 +133,9 @@ def coco_ground_truth(tmp_path) -> dict:
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
-    """Keep text-embedding caches inside the test's own folder."""
+    """Keep text-embedding caches inside the test's own folder; let CLI errors print on one line.
+
+    Rich wraps typer's usage-error panel at the terminal width (80 columns under CliRunner), which splits
+    messages that quote a long tmp path; tests match phrases of those messages."""
     monkeypatch.setenv("REGIONCLIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "1000")

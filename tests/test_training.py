@@ -263,6 +263,19 @@ def test_teacher_resume_reproduces_uninterrupted_run(pretrain, tmp_path):
         assert torch.equal(value, resumed.module.state_dict()[key]), key
 
 
+def test_bf16_teacher_training_runs_under_autocast_with_fp32_weights(pretrain, tmp_path):
+    fp32 = TeacherTrainConfig(model="tiny", steps=2, batch_size=16, warmup_steps=1)
+    bf16 = TeacherTrainConfig(model="tiny", steps=2, batch_size=16, warmup_steps=1, precision="bf16")
+    exact = train_teacher(pretrain, fp32, tmp_path / "fp32", progress=False)
+    fast = train_teacher(pretrain, bf16, tmp_path / "bf16", progress=False)
+    assert all(p.dtype == torch.float32 for p in fast.module.parameters())
+    # same first batch, bf16 arithmetic: the first loss moves by rounding only, not more
+    assert fast.losses[0] != exact.losses[0] and abs(fast.losses[0] - exact.losses[0]) < 0.05 * exact.losses[0]
+    assert bf16.cache_key("w") != fp32.cache_key("w")
+    with pytest.raises(ValueError, match="fp16"):
+        TeacherTrainConfig(model="tiny", precision="fp16")
+
+
 def test_rpn_resume_reproduces_uninterrupted_run(det_train, tiny_world, tmp_path):
     config = RPNTrainConfig(steps=3, batch_size=4, width=8, warmup_steps=1, checkpoint_every=1)
     whole = train_rpn(det_train, config, tiny_world.config, tmp_path / "whole", progress=False)

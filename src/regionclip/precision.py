@@ -14,6 +14,11 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` (None for fp32): what the training engine's ``autocast`` takes."""
+    return _AUTOCAST_DTYPES.get(check_precision(precision))
+
+
 def check_precision(precision: str) -> str:
     """``precision`` if it is one of `PRECISIONS`, else a ValueError."""
     if precision not in PRECISIONS:

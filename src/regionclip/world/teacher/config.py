@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ...config import ConfigBase, ModelConfig
 from ...engine.schedules import WarmupCosine
+from ...precision import check_precision
 
 TRAINER_VERSION = "2"  # bump when training changes what a given config produces (part of the cache key)
 
@@ -35,6 +36,7 @@ class TeacherTrainConfig(ConfigBase):
     max_logit_scale: float = 100.0
     seed: int = 0
     checkpoint_every: int = 50
+    precision: str = "fp32"  # "bf16": forward passes under CPU/CUDA autocast (AMX / tensor cores), weights fp32
 
     def __post_init__(self) -> None:
         self.model_config()  # validates the preset name and the image size
@@ -48,6 +50,8 @@ class TeacherTrainConfig(ConfigBase):
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if not 0 <= self.grayscale_prob <= 1:
             raise ValueError(f"grayscale_prob must be in [0, 1], got {self.grayscale_prob}")
+        if check_precision(self.precision) == "fp16":
+            raise ValueError("teacher training runs in 'fp32' or 'bf16' (fp16 would need loss scaling)")
         object.__setattr__(self, "crop_scale", tuple(float(v) for v in self.crop_scale))
         object.__setattr__(self, "crop_ratio", tuple(float(v) for v in self.crop_ratio))
 
@@ -71,8 +75,11 @@ class TeacherTrainConfig(ConfigBase):
     def cache_key(self, world_hash: str) -> str:
         """16 hex digits over this config, the model shape, the world and the trainer version.
 
-        ``checkpoint_every`` is left out: it changes when state is saved, not what is learnt."""
+        ``checkpoint_every`` is left out: it changes when state is saved, not what is learnt; ``precision`` is left
+        out when it is fp32, so teachers trained before the field existed keep their keys."""
         training = {k: v for k, v in self.to_dict().items() if k != "checkpoint_every"}
+        if training["precision"] == "fp32":
+            del training["precision"]
         payload = {
             "trainer": TRAINER_VERSION,
             "training": training,

@@ -30,6 +30,7 @@ from ...engine.loop import TrainingRun, batch_indices, run_training
 from ...engine.optim import build_optimizer
 from ...modeling.backbone.clip_resnet import build_open_clip
 from ...modeling.text_encoder import encode_text_trimmed
+from ...precision import autocast_dtype
 from ...synthetic import World
 from ..data import SplitData, load_split
 from .augment import crop_sources, mirror_caption, normalize_pixels, random_resized_crops, to_grayscale
@@ -97,8 +98,9 @@ def train_teacher(
             pixels[gray] = to_grayscale(pixels[gray])
         images = normalize_pixels(pixels).contiguous(memory_format=torch.channels_last)
         # CLIP's symmetric InfoNCE on L2-normalised features, scaled by the exponentiated logit scale
-        image_features = F.normalize(clip.encode_image(images), dim=-1)
-        text_features = F.normalize(encode_text_trimmed(clip, tokenizer(captions)), dim=-1)
+        # features leave autocast in fp32: the normalisation and the logits stay exact under bf16 training
+        image_features = F.normalize(clip.encode_image(images).float(), dim=-1)
+        text_features = F.normalize(encode_text_trimmed(clip, tokenizer(captions)).float(), dim=-1)
         loss = contrastive_loss(image_features, text_features, clip.logit_scale.exp())
         return loss, round(float(loss.item()), 6)
 
@@ -109,6 +111,7 @@ def train_teacher(
     return run_training(
         clip, make_optimizer(clip, config), config, step_fn, checkpoint_dir, f"teacher {config.label}",
         schedule=config.schedule(), progress=progress, stop_after=stop_after, after_step=clamp_logit_scale,
+        autocast=autocast_dtype(config.precision),
     )
 
 
