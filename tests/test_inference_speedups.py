@@ -47,15 +47,46 @@ def test_trimmed_text_encoder_equals_the_77_position_one(rn50_text_clip):
         torch.testing.assert_close(encoder(tokens), reference, atol=1e-5, rtol=0)
         torch.testing.assert_close(encoder(tokens, trim=False), reference, atol=1e-5, rtol=0)
 
-    run_lengths = []
-    hook = encoder.transformer.register_forward_hook(lambda module, args, out: run_lengths.append(args[0].shape[1]))
+    run_lengths = []  # the first block's keys span the batch's positions (prefix + suffix)
+    first = encoder.transformer.resblocks[0].ln_1
+    hook = first.register_forward_hook(lambda module, args, out: run_lengths.append(args[0].shape[1]))
     try:
         features = embedder.encode_texts(PROMPTS)  # sorted by length into batches of 2, order restored
     finally:
         hook.remove()
     torch.testing.assert_close(features, reference, atol=1e-5, rtol=0)
     sorted_lengths = sorted(lengths)
+    run_lengths = [a + b for a, b in zip(run_lengths[::2], run_lengths[1::2])]  # ln_1 runs on prefix, then suffix
     assert run_lengths == [sorted_lengths[1], sorted_lengths[3], sorted_lengths[5]]  # each batch only to its longest
+
+
+def test_shared_prefix_and_eot_only_last_block_are_exact(rn50_text_clip):
+    encoder = CLIPTextEncoder(rn50_text_clip)
+    embedder = TextEmbedder(encoder, batch_size=8)
+    names = ["cat", "traffic light", "a very long name with many words in it", "dog", "x"]
+    tokens = embedder.tokenizer([f"a photo of a {name}." for name in names])
+    with torch.no_grad():
+        reference = rn50_text_clip.encode_text(tokens)
+    prefixes = []  # the first block's normalised inputs: the shared prefix once, then the suffixes
+    hook = encoder.transformer.resblocks[0].ln_1.register_forward_hook(lambda m, args, out: prefixes.append(args[0]))
+    queries = []  # the last block's attention output projection sees one row per prompt
+    last = encoder.transformer.resblocks[-1].attn.out_proj
+    hook_last = last.register_forward_hook(lambda m, args, out: queries.append(args[0].shape))
+    try:
+        with torch.inference_mode():
+            features = encoder(tokens)
+    finally:
+        hook.remove()
+        hook_last.remove()
+    torch.testing.assert_close(features, reference, atol=1e-5, rtol=0)
+    assert prefixes[0].shape[:2] == (1, 5)  # <start> a photo of a
+    assert prefixes[1].shape[0] == len(names) and queries == [torch.Size([len(names), 1, 512])]
+    # one template over many names equals the mixed-template, 77-position average
+    embeddings = embedder.embed_names(names, ("a photo of a {}.", "itap of the {}."), use_cache=False)
+    with torch.no_grad():
+        mixed = embedder.tokenizer([t.format(n) for n in names for t in ("a photo of a {}.", "itap of the {}.")])
+        expected = rn50_text_clip.encode_text(mixed).view(len(names), 2, -1).mean(dim=1)
+    torch.testing.assert_close(embeddings, expected, atol=1e-5, rtol=0)
 
 
 def test_text_cache_key_and_file_format_are_unchanged(tiny_model):

@@ -37,8 +37,8 @@ def module_fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-# embed_names hands the encoder this many batches of prompts at a time, so that sorting them by length groups
-# prompts of similar length into the same batch.
+# embed_names hands the encoder this many batches of one template's prompts at a time, so that sorting them by
+# length groups prompts of similar length into the same batch.
 SORT_WINDOW_BATCHES = 32
 
 
@@ -87,7 +87,8 @@ class TextEmbedder:
         """Projected EOT features of raw texts, ``[N, D]`` fp32, un-normalised, in the order given.
 
         Prompts are batched in order of tokenised length, and the encoder runs each batch only up to its longest
-        prompt (`CLIPTextEncoder`), so the result equals the 77-position one within float rounding.
+        prompt, its shared prefix once and its last block at the EOT rows only (`CLIPTextEncoder`), so the result
+        equals the 77-position one within float rounding.
         """
         if not texts:
             raise ValueError("no texts to encode")
@@ -122,14 +123,16 @@ class TextEmbedder:
             cached = _read_cached_embeddings(path, len(prompts))
             if cached is not None:
                 return cached
-        names_per_chunk = max(1, self.batch_size * SORT_WINDOW_BATCHES // len(resolved))
+        # one template at a time over a chunk of names: every batch then shares the template's token prefix, which
+        # the encoder runs once (modeling/text_encoder.py); the chunk is the window prompts are length-sorted in
+        names_per_chunk = self.batch_size * SORT_WINDOW_BATCHES
         rows = []
         for start in progress_bar(
             range(0, len(prompts), names_per_chunk), desc="embedding names", disable=not progress, unit="chunk"
         ):
             chunk = prompts[start : start + names_per_chunk]
-            features = self.encode_texts([t.format(name) for name in chunk for t in resolved])
-            rows.append(features.view(len(chunk), len(resolved), -1).mean(dim=1))
+            features = torch.stack([self.encode_texts([t.format(name) for name in chunk]) for t in resolved], dim=1)
+            rows.append(features.mean(dim=1))
         embeddings = torch.cat(rows)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
