@@ -16,13 +16,14 @@ missing one) and the demo's student recipe (`StudentPretrainConfig`, concept poo
 * ``rpn``: proposal recall of the world RPN at IoU 0.5.
 
 Students are cached in ``<cache>/models/student-<key>`` like the demo's; the json is rewritten after every run with
-the 1-minute load average, so a partial study is readable.
+the 1-minute load average, so a partial study is readable, and a rerun keeps the entries it already holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -87,8 +88,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--teacher-steps", type=int, nargs="+", default=[3000, 1000])
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--ablations", nargs="*", help="ablation runs, in this order",
+                        default=[f"no_{name}" for name in reversed(LOSS_NAMES)] + ["names_pool"])
     parser.add_argument("--out", default="benchmarks/results/pretraining_world.json")
     args = parser.parse_args()
+    previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
     torch.set_num_threads(args.threads)
     preset = DemoPreset.default()
     cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
@@ -99,15 +103,16 @@ def main() -> None:
         "command": "PYTHONPATH=src nice -n 10 python benchmarks/pretraining_world.py " + " ".join(
             f"--threads {args.threads} --teacher-steps {' '.join(map(str, args.teacher_steps))}".split()),
         "threads": args.threads, "world": world.config.hash(), "student": preset.student.to_dict(),
-        "ap50_proposals": preset.ap50_proposals, "load_average_1min": [load_average()],
+        "ap50_proposals": preset.ap50_proposals, "load_average_1min": previous.get("load_average_1min", []),
     }
+    results["load_average_1min"].append(load_average())
 
     def save() -> None:
         results["load_average_1min"].append(load_average())
         write_json(args.out, results)
 
     rpn = trained_rpn.load()
-    results["rpn"] = {k: v for k, v in evaluate_rpn(rpn, val, top_ns=(100, 300, 1000)).items()}
+    results["rpn"] = previous.get("rpn") or evaluate_rpn(rpn, val, top_ns=(100, 300, 1000))
     # global box: a one-step batch of the student's data, both modes
     config = preset.student.pretrain_config("init", "pool", world.config.to_dict(), "out")
     batch = next(iter(caption_loader(CocoCaptionPairs.from_world(world, "pretrain"),
@@ -130,7 +135,7 @@ def main() -> None:
             shutil.copyfile(pool_file, run_dir / CONCEPT_POOL_FILE)
         return get_or_pretrain_student(world, student_config, teacher, trained_rpn, cache / "models", progress=False)
 
-    results["teachers"] = {}
+    results["teachers"] = previous.get("teachers", {})
     base_teacher = None
     pool: list[str] = []
     for steps in args.teacher_steps:
@@ -143,6 +148,10 @@ def main() -> None:
             results["concept_pool"] = {"concepts": len(pool), "min_count": preset.student.concept_min_count}
         teacher_model = teacher.load()
         teacher_model.rpn = rpn
+        if base_teacher is None:
+            base_teacher, base_model = teacher, teacher_model
+        if str(steps) in results["teachers"]:
+            continue
         student_model = student.load()
         entry = {"teacher_run": teacher.run_dir.name, "student_run": student.run_dir.name,
                  "student_train_seconds": student.seconds, "student_trained_now": student.trained_now,
@@ -151,16 +160,16 @@ def main() -> None:
         entry["student_minus_teacher"] = gain(entry["student"], entry["teacher"])
         entry["student_final_losses"] = {k: sum(s[k] for s in student.losses[-10:]) / 10 for k in LOSS_NAMES}
         results["teachers"][str(steps)] = entry
-        if base_teacher is None:
-            base_teacher, base_model = teacher, teacher_model
         save()
 
-    results["ablation"] = {}
+    results["ablation"] = previous.get("ablation", {})
     variants = {f"no_{name}": dataclasses.replace(preset.student, losses={f"{name}_weight": 0.0})
                 for name in LOSS_NAMES}
     variants["names_pool"] = dataclasses.replace(preset.student, concepts="names")
-    for label, student_config in variants.items():
-        student = student_of(base_teacher, student_config)
+    for label in args.ablations:
+        if label in results["ablation"]:
+            continue
+        student = student_of(base_teacher, variants[label])
         entry = {"student_run": student.run_dir.name, "student_train_seconds": student.seconds,
                  "student_trained_now": student.trained_now,
                  "student": evaluate(student.load(), base_model, world, val, pool, preset)}
