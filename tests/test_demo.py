@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -12,11 +13,14 @@ import torch
 from PIL import Image
 
 from regionclip import RegionCLIP
+from regionclip.modeling.region_text_losses import LOSS_NAMES
+from regionclip.text.vocabulary import Vocabulary
 from regionclip.world import demo as demo_module
 from regionclip.world import rpn as rpn_training
 from regionclip.world import student as student_training
 from regionclip.world.demo import DemoPreset, choose_threads, figure_image_indices, run_demo
 from regionclip.world.teacher import train as teacher_training
+from regionclip.world.zeroshot import zero_shot_ap50
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,6 +64,32 @@ def test_demo_writes_report_with_all_figures(demo_run):
             assert image.width > 400 and image.height > 300
         assert f"({picture})" in text
     assert len(summary["figure"]) == 2 and all(len(r["gt_boxes"]["regions"]) >= 2 for r in summary["figure"])
+    with Image.open(out / "training_curves.png") as image:
+        assert image.width == 1650  # three panels: teacher, RPN, the student's three losses
+
+
+def test_demo_reports_teacher_vs_student(demo_run):
+    root, report = demo_run
+    summary = json.loads((root / "out" / "report.json").read_text())
+    student = summary["student"]
+    pool = (Path(student["cache"]) / student_training.CONCEPT_POOL_FILE).read_text().splitlines()
+    assert student["concepts"] == len(pool) > 0 and all(int(line.split(",")[1]) >= 5 for line in pool)
+    assert set(student["final_losses"]) == set(LOSS_NAMES)
+    assert student["final_loss"] == pytest.approx(sum(student["final_losses"].values()))
+    for model in ("tiny", "student"):
+        assert set(summary["ap50"][model]) == {"gt", "rpn"}
+        for mode in ("gt", "rpn"):
+            assert set(summary["ap50"][model][mode]) == {"all", "base", "novel"}
+            assert all(0.0 <= v <= 100.0 for v in summary["ap50"][model][mode].values())
+        pseudo = summary["pseudo_labels"][model]
+        assert pseudo["pool"]["matched"] == pseudo["names"]["matched"] > 0  # same proposals, two pools
+        for entry in pseudo.values():
+            hits = entry["accuracy"] * entry["matched"]
+            assert hits == pytest.approx(round(hits), abs=1e-6)
+    text = report.read_text()
+    assert f"{len(pool)} concepts parsed from the pretraining captions" in text
+    row = next(line for line in text.splitlines() if line.startswith("| student |"))
+    assert len(re.findall(r"\d+\.\d%?", row)) == 4 + 2 * 3 + 2  # 4 top-1s, 2 × 3 AP50, 2 pseudo-label figures
 
 
 def test_demo_weights_load_with_rpn(demo_run):
@@ -109,12 +139,18 @@ def test_student_row_recomputes_from_saved_student(demo_run):
     val = load_split(World.open(summary["world"]["root"]), "val", progress=False)
     templates = summary["preset"]["templates"]
     recomputed = evaluate_teacher(student, val, templates=templates).to_dict()
-    for key in ("region_top1", "region_top3", "region_top1_by_split", "num_regions"):
+    for key in ("image_top1", "region_top1", "region_top3", "region_top1_by_split", "num_regions"):
         assert recomputed[key] == summary["student"][key]
     pseudo = student_training.proposal_pseudo_label_accuracy(student, val, teacher, templates)
-    assert pseudo == summary["pseudo_labels"]["student"]
-    assert summary["pseudo_labels"]["tiny"]["matched"] == pseudo["matched"] > 0  # same RPN proposals for both
-    assert f"| student | {100 * recomputed['region_top1']:.1f}%" in report.read_text()
+    assert pseudo == summary["pseudo_labels"]["student"]["names"]
+    assert summary["pseudo_labels"]["tiny"]["names"]["matched"] == pseudo["matched"] > 0  # same RPN proposals
+    pool = Vocabulary.from_file(Path(summary["student"]["cache"]) / student_training.CONCEPT_POOL_FILE).names
+    on_pool = student_training.proposal_pseudo_label_accuracy(student, val, teacher, templates, concepts=pool)
+    assert on_pool == summary["pseudo_labels"]["student"]["pool"]
+    ap50 = zero_shot_ap50(student, World.open(summary["world"]["root"]), "val", boxes=("gt",), templates=templates)
+    assert ap50["gt"] == summary["ap50"]["student"]["gt"]
+    row = f"| student | {100 * recomputed['image_top1']:.1f}% | {100 * recomputed['region_top1']:.1f}% ("
+    assert row in report.read_text()
 
 
 def test_pseudo_label_accuracy_hand_example():
@@ -131,6 +167,27 @@ def test_pseudo_label_accuracy_hand_example():
     assert strict == {"accuracy": 1.0, "matched": 1, "proposals": 5}
     empty = student_training.pseudo_label_accuracy(proposals[1:], predicted[1:], gt_boxes[1:], gt_labels[1:])
     assert empty["matched"] == 0 and empty["accuracy"] != empty["accuracy"]
+
+
+def test_concept_categories_maps_parsed_words_to_categories():
+    pytest.importorskip("spacy")
+    categories = [{"id": 1, "name": "car", "synonyms": ["automobile"], "plural": "cars"},
+                  {"id": 7, "name": "scissors", "synonyms": ["shears"], "plural": "scissors"},
+                  {"id": 9, "name": "traffic light", "synonyms": [], "plural": "traffic lights"}]
+    concepts = ["car", "automobile", "scissor", "shear", "orange car", "traffic light", "image", "light"]
+    # "scissors"/"shears" parse to their lemmas; "orange car" by its root; "light" alone names no category
+    assert student_training.concept_categories(concepts, categories).tolist() == [1, 1, 7, 7, 1, 9, -1, -1]
+    # category names alone need no parser
+    assert student_training.concept_categories(["scissors", "car"], categories).tolist() == [7, 1]
+
+
+def test_student_config_validates_concepts():
+    with pytest.raises(ValueError, match="concepts must be one of"):
+        student_training.StudentPretrainConfig(concepts="world")
+    with pytest.raises(ValueError, match="concept_min_count"):
+        student_training.StudentPretrainConfig(concept_min_count=0)
+    with pytest.raises(ValueError, match="unknown losses keys"):
+        student_training.StudentPretrainConfig(losses={"region_weight": 0.0})
 
 
 def test_cli_demo_uses_cache(demo_run):
@@ -176,8 +233,11 @@ def test_default_preset_cache_keys_are_pinned(tmp_path):
     assert teacher_training.teacher_run_dir(tmp_path, world, preset.teachers[0]).name == "teacher-tiny-3ac0a5e36b1d90cb"
     assert rpn_training.rpn_run_dir(tmp_path, world, preset.rpn).name == "rpn-baf5523fc1e3fddb"
     assert preset.student.cache_key("teacher-tiny-3ac0a5e36b1d90cb", "rpn-baf5523fc1e3fddb", world_hash) == (
-        "59b8680a31582624"
+        "dba6c637e2430eed"
     )
+    # the first recipe (category names as concepts) keeps the key of its cached student
+    names = dataclasses.replace(preset.student, concepts="names")
+    assert names.cache_key("teacher-tiny-3ac0a5e36b1d90cb", "rpn-baf5523fc1e3fddb", world_hash) == "59b8680a31582624"
 
 
 def test_choose_threads(monkeypatch):

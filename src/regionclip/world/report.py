@@ -14,6 +14,7 @@ from ..synthetic import World
 from ..text.vocabulary import Vocabulary
 from .data import SplitData
 from .rpn import TrainedRPN, rpn_loss_total
+from .student import TrainedStudent
 from .teacher import TeacherReport, TrainedTeacher
 
 if TYPE_CHECKING:
@@ -82,8 +83,11 @@ def draw_figure(
     return records
 
 
-def draw_loss_curves(teachers: list[TrainedTeacher], rpn: TrainedRPN, path: Path) -> None:
-    """Training-loss curves (raw and a moving average) of every teacher and of the RPN."""
+def draw_loss_curves(
+    teachers: list[TrainedTeacher], rpn: TrainedRPN, path: Path, student: TrainedStudent | None = None
+) -> None:
+    """Training-loss curves (raw and a moving average) of every teacher, of the RPN and of the student's three
+    pretraining losses."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,7 +100,7 @@ def draw_loss_curves(teachers: list[TrainedTeacher], rpn: TrainedRPN, path: Path
             out.append(total / min(i + 1, window))
         return out
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3 if student is not None else 2, figsize=(16.5 if student is not None else 11, 4))
     for teacher in teachers:
         line, = axes[0].plot(teacher.losses, alpha=0.3)
         axes[0].plot(smooth(teacher.losses), color=line.get_color(), label=f"teacher {teacher.config.label}")
@@ -111,38 +115,60 @@ def draw_loss_curves(teachers: list[TrainedTeacher], rpn: TrainedRPN, path: Path
         axes[1].plot(smooth(values), color=line.get_color(), label=label)
     axes[1].set(title="RPN losses", xlabel="step", ylabel="loss")
     axes[1].legend()
+    if student is not None:
+        for name in student.losses[0]:
+            values = [entry[name] for entry in student.losses]
+            line, = axes[2].plot(values, alpha=0.3)
+            axes[2].plot(smooth(values), color=line.get_color(), label=name)
+        axes[2].set(title="Student region–text pretraining losses (weighted)", xlabel="step", ylabel="loss")
+        axes[2].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def student_section(config: DemoPreset, summary: dict[str, Any], timer: StageTimer) -> list[str]:
-    """Teacher vs pretrained student on validation: GT-box zero-shot top-1 and pseudo-label accuracy."""
+    """Teacher vs pretrained student on validation: whole-image and GT-box top-1, AP50 (GT boxes, RPN proposals;
+    all / base / novel) and pseudo-label accuracy."""
     student, first = summary["student"], summary["student"]["initialised_from"]
-    teacher, pseudo = summary["teachers"][first], summary["pseudo_labels"]
+    teacher, pseudo, ap50 = summary["teachers"][first], summary["pseudo_labels"], summary["ap50"]
     s = config.student
+    pool = (f"{student['concepts']} concepts parsed from the pretraining captions (spaCy noun chunks, seen ≥ "
+            f"{s.concept_min_count} times)" if s.concepts == "captions" else "the world's category names")
+    losses = ", ".join(f"{name} {value:.3f}" for name, value in student["final_losses"].items())
+    matched = pseudo[first]["names"]
     lines = [
         "",
         "## Region–text pretraining (student)",
         "",
         f"Student initialised from teacher `{first}`, pretrained on the pretraining captions with this RPN "
-        f"(top {s.rpn_top_k} proposals, {s.regions_per_image} sampled per image) and the world's category names as "
-        f"concepts, images at their own size: {s.steps} steps × {s.batch_size} images, "
-        f"{student['train_seconds'] / 60:.1f} min ({timer.notes.get('student', '')}), final loss "
-        f"{student['final_loss']:.3f}. Pseudo-label accuracy: the model's top-1 category on the top "
-        f"{int(pseudo[first]['proposals'] / max(1, student['num_images']))} RPN proposals of each validation image "
-        "against the category of the GT box it overlaps most, over the proposals with IoU ≥ 0.5 "
-        f"({pseudo[first]['matched']} of {pseudo[first]['proposals']}).",
+        f"(top {s.rpn_top_k} proposals, {s.regions_per_image} sampled per image) and {pool} as the concept pool, "
+        f"images at their own size: {s.steps} steps × {s.batch_size} images, "
+        f"{student['train_seconds'] / 60:.1f} min ({timer.notes.get('student', '')}), final losses {losses}.",
         "",
-        "| model | GT boxes top-1 | base | novel | pseudo-label accuracy |",
-        "|---|---|---|---|---|",
+        "Validation, teacher vs student. Image top-1: the largest object's category from the whole image; GT boxes "
+        f"top-1: zero-shot over the {teacher['num_classes']} category names; AP50: COCO AP at IoU 0.5 on the "
+        f"GT boxes and on the top {config.ap50_proposals} RPN proposals. Pseudo-label accuracy: the model's top-1 "
+        f"concept on the top {int(matched['proposals'] / max(1, student['num_images']))} RPN proposals of each image "
+        "against the category of the GT box it overlaps most, over the proposals with IoU ≥ 0.5 "
+        f"({matched['matched']} of {matched['proposals']}); *pool*: top-1 over the training concept pool, a concept "
+        "counting as the category whose caption word it parses from (none: a miss); *names*: over the category names.",
+        "",
+        "| model | image top-1 | GT boxes top-1 (base / novel) | AP50 GT boxes all / base / novel | "
+        "AP50 RPN all / base / novel | pseudo-labels pool / names |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, entry in ((f"teacher {first}", teacher), ("student", student)):
+
+    def ap(entry: dict[str, float]) -> str:
+        return " / ".join(f"{entry[group]:.1f}" for group in ("all", "base", "novel"))
+
+    for label, key, entry in ((f"teacher {first}", first, teacher), ("student", "student", student)):
         split = entry["region_top1_by_split"]
         lines.append(
-            f"| {name} | {percent(entry['region_top1'])} | {percent(split.get('base', float('nan')))} | "
-            f"{percent(split.get('novel', float('nan')))} | "
-            f"{percent(pseudo[first if entry is teacher else 'student']['accuracy'])} |"
+            f"| {label} | {percent(entry['image_top1'])} | {percent(entry['region_top1'])} "
+            f"({percent(split.get('base', float('nan')))} / {percent(split.get('novel', float('nan')))}) | "
+            f"{ap(ap50[key]['gt'])} | {ap(ap50[key]['rpn'])} | "
+            f"{percent(pseudo[key]['pool']['accuracy'])} / {percent(pseudo[key]['names']['accuracy'])} |"
         )
     return lines
 

@@ -1,10 +1,12 @@
 """Region–text pretraining of the embedded world's student (`regionclip.pretrain` on the world, cached).
 
 The student starts from a trained CLIP teacher and learns from the world's ``pretrain`` captions with the
-world's RPN for regions and the world's category names as the concept pool (``concepts: world``), on images at
-their own size (no 800-px resize). The run is cached like the teacher and the RPN (`cached_training`), keyed by
-this config, the teacher's and the RPN's run keys and the world's hash. `pseudo_label_accuracy` measures how
-often a model's top-1 concept on a proposal names the object under it (docs/embedded-world.md).
+world's RPN for regions, on images at their own size (no 800-px resize). Its concept pool is parsed from those
+captions (``concepts: captions``, `world_concept_pool`, the paper's recipe) or is the world's true category names
+(``concepts: names``). The run is cached like the teacher and the RPN (`cached_training`), keyed by this config, the
+teacher's and the RPN's run keys and the world's hash. `pseudo_label_accuracy` measures how often a model's top-1
+concept on a proposal names the object under it; a parsed concept names a category when the parser makes it from one
+of the world's words for that category (`concept_categories`, docs/embedded-world.md).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,11 +27,14 @@ from ..engine.loop import TrainingRun
 from ..config import ConfigBase
 from ..pretrain import STUDENT_FILE, PretrainConfig, pretrain
 from ..synthetic import World
+from ..text.concepts import build_concept_pool, count_concepts, read_captions, write_concept_pool
 from ..text.vocabulary import Vocabulary
 from .data import SplitData
 from .rpn import TrainedRPN, propose
 from .teacher import TrainedTeacher
 
+CONCEPT_SOURCES = ("captions", "names")
+CONCEPT_POOL_FILE = "concepts.txt"
 PRETRAINER_VERSION = "1"  # bump when the recipe changes what a given config produces (part of the cache key)
 
 
@@ -48,25 +53,42 @@ class StudentPretrainConfig(ConfigBase):
     rpn_top_k: int = 300
     seed: int = 0
     checkpoint_every: int = 100
+    # "captions": nouns parsed from the pretrain captions (spaCy), kept when seen >= concept_min_count times;
+    # "names": the world's 52 true category names (an oracle pool no caption corpus gives)
+    concepts: str = "captions"
+    concept_min_count: int = 5
+    global_box: str = "padded"
+    losses: dict[str, float] = field(default_factory=dict)  # RegionTextLossConfig overrides (e.g. a weight of 0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
-        self.pretrain_config("init", {}, "out")  # validates the values through PretrainConfig
+        if self.concepts not in CONCEPT_SOURCES:
+            raise ValueError(f"concepts must be one of {CONCEPT_SOURCES}, got {self.concepts!r}")
+        if self.concept_min_count < 1:
+            raise ValueError(f"concept_min_count must be >= 1, got {self.concept_min_count}")
+        self.pretrain_config("init", "pool", {}, "out")  # validates the values through PretrainConfig
 
     def pretrain_config(
-        self, weights: str, world: dict[str, Any], output_dir: str, cache_dir: str | None = None
+        self, weights: str, concepts: str, world: dict[str, Any], output_dir: str, cache_dir: str | None = None
     ) -> PretrainConfig:
-        """The full `PretrainConfig`: world-sized images, the world's ``pretrain`` split and category names."""
+        """The full `PretrainConfig`: world-sized images, the world's ``pretrain`` split, ``concepts`` (a pool file,
+        or ``"world"`` for the category names)."""
         return PretrainConfig(
-            weights=weights, concepts="world", output_dir=output_dir, world=world, world_split="pretrain",
+            weights=weights, concepts=concepts, output_dir=output_dir, world=world, world_split="pretrain",
             cache_dir=cache_dir, min_size=None, regions_per_image=self.regions_per_image, rpn_top_k=self.rpn_top_k,
             steps=self.steps, batch_size=self.batch_size, lr=self.lr, milestones=list(self.milestones),
             warmup_steps=min(self.warmup_steps, self.steps), seed=self.seed, checkpoint_every=self.checkpoint_every,
+            global_box=self.global_box, losses=dict(self.losses),
         )
 
     def cache_key(self, teacher_run: str, rpn_run: str, world_hash: str) -> str:
-        """16 hex digits over this config (``checkpoint_every`` aside), the teacher and RPN runs and the world."""
+        """16 hex digits over this config (``checkpoint_every`` aside), the teacher and RPN runs and the world.
+        Fields left at the values of the first (category-names) recipe stay out, so its cached runs keep their key."""
+        first_recipe = {"concepts": "names", "global_box": "padded", "losses": {}}
         training = {k: v for k, v in self.to_dict().items() if k != "checkpoint_every"}
+        training = {k: v for k, v in training.items() if k not in first_recipe or v != first_recipe[k]}
+        if self.concepts == "names":
+            training.pop("concept_min_count")
         payload = {"pretrainer": PRETRAINER_VERSION, "training": training, "teacher": teacher_run, "rpn": rpn_run,
                    "world": world_hash}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -89,6 +111,33 @@ def student_run_dir(cache_root: str | Path, world: World, config: StudentPretrai
     return Path(cache_root).expanduser() / f"student-{key}"
 
 
+def world_concept_pool(world: World, min_count: int, path: Path) -> Path:
+    """The concept pool of the world's ``pretrain`` captions (`regionclip.text.concepts`, cut at ``min_count``)
+    as a ``name,count`` file at ``path``; an existing file is reused (the parse is deterministic)."""
+    if not path.is_file():
+        captions = read_captions([world.captions_json("pretrain")])
+        write_concept_pool(path, build_concept_pool(captions, min_count=min_count))
+    return path
+
+
+def concept_categories(concepts: Sequence[str], categories: list[dict[str, Any]], nlp=None) -> torch.Tensor:
+    """``[K]`` category id named by each concept, -1 for none (``"image"``, ``"background"``, a colour...).
+
+    A concept names a category when it is the category's name or the concept the caption parser makes of one of the
+    world's words for it (name, synonyms, plural: "scissors" → ``scissor``, "automobile" → ``automobile``), or, failing
+    that, when its root (last word) does: the parser reads some colour and pattern words as compounds ("orange tree",
+    "dot car"). So a parsed pool is scored with the words the world's captions use, no more."""
+    terms: dict[str, int] = {}
+    for category in categories:
+        terms.setdefault(category["name"], int(category["id"]))
+    if any(name not in terms for name in concepts):
+        for category in categories:
+            words = dict.fromkeys([category["name"], *category.get("synonyms", ()), category.get("plural", "")])
+            for concept in count_concepts([w for w in words if w], nlp=nlp):
+                terms.setdefault(concept, int(category["id"]))
+    return torch.tensor([terms.get(name, terms.get(name.split()[-1], -1)) for name in concepts], dtype=torch.long)
+
+
 def get_or_pretrain_student(
     world: World,
     config: StudentPretrainConfig,
@@ -97,16 +146,21 @@ def get_or_pretrain_student(
     cache_root: str | Path,
     progress: bool = True,
 ) -> TrainedStudent:
-    """The student of (config, teacher, RPN, world) from the cache, pretraining (or resuming) it first if needed."""
+    """The student of (config, teacher, RPN, world) from the cache, pretraining (or resuming) it first if needed.
+    With ``concepts: captions`` the parsed pool is cached in the run directory (``concepts.txt``)."""
     run_dir = student_run_dir(cache_root, world, config, teacher, rpn)
     output = run_dir / "pretrain"
     weights = output / STUDENT_FILE
+    pool = run_dir / CONCEPT_POOL_FILE
     # the worlds folder beside the models cache, where `run_demo` generated this world
     pretrain_config = config.pretrain_config(
-        str(run_dir / "init"), world.config.to_dict(), str(output), str(world.root.parent.parent)
+        str(run_dir / "init"), str(pool) if config.concepts == "captions" else "world", world.config.to_dict(),
+        str(output), str(world.root.parent.parent)
     )
 
     def train(checkpoint_dir: Path) -> TrainingRun:
+        if config.concepts == "captions":
+            world_concept_pool(world, config.concept_min_count, pool)
         initial = teacher.load()  # the teacher with the world's RPN: the student's (and frozen teacher's) start
         initial.rpn = rpn.load()
         initial.save_pretrained(run_dir / "init")
@@ -146,6 +200,13 @@ def pseudo_label_accuracy(
     return {"accuracy": hits / matched if matched else float("nan"), "matched": matched, "proposals": total}
 
 
+def student_concepts(student: TrainedStudent, categories: list[dict[str, Any]]) -> list[str]:
+    """The names of the concept pool ``student`` was pretrained with (its cached pool file, or the category names)."""
+    if student.config.concepts == "names":
+        return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+    return list(Vocabulary.from_file(student.run_dir / CONCEPT_POOL_FILE).names)
+
+
 @torch.inference_mode()
 def proposal_pseudo_label_accuracy(
     model: RegionCLIP,
@@ -154,27 +215,31 @@ def proposal_pseudo_label_accuracy(
     templates: str = "ensemble",
     num_proposals: int = 100,
     iou_threshold: float = 0.5,
+    concepts: Sequence[str] | None = None,
 ) -> dict[str, float | int]:
-    """`pseudo_label_accuracy` of ``model``'s top-1 category name (the pool pretraining uses: the split's category
-    names) on the top ``num_proposals`` RPN proposals of each image; the RPN is ``rpn_model``'s (default
-    ``model``'s)."""
+    """`pseudo_label_accuracy` of ``model``'s top-1 concept on the top ``num_proposals`` RPN proposals of each image;
+    the RPN is ``rpn_model``'s (default ``model``'s). ``concepts``: the pool to name regions from (default: the
+    split's category names); a concept counts as the category `concept_categories` maps it to (none: a miss)."""
     if data.images is None:
         raise ValueError("evaluation needs decoded images")
     rpn = (rpn_model or model).rpn
     if rpn is None:
         raise ValueError("pseudo-label accuracy needs a model with an RPN")
     proposals = propose(rpn, data.images, num_proposals)
-    vocabulary = Vocabulary.from_coco_categories(data.categories, source="synthetic-world")
+    if concepts is None:
+        vocabulary = Vocabulary.from_coco_categories(data.categories, source="synthetic-world")
+    else:
+        vocabulary = Vocabulary.from_names(list(concepts), source="concept-pool")
+    concept_ids = concept_categories(vocabulary.names, data.categories)
     embeddings = model.embed_vocabulary(vocabulary, templates, use_cache=False)
     with_proposals = [i for i, p in enumerate(proposals) if len(p)]
     predictions = model.classify_regions(
         [data.images[i] for i in with_proposals], [proposals[i] for i in with_proposals], vocabulary, top_k=1,
         class_embeddings=embeddings, batch_size=16,
     )
-    category_ids = torch.tensor([int(c["id"]) for c in data.categories])
     predicted = [torch.zeros(0, dtype=torch.long) for _ in proposals]
     for i, prediction in zip(with_proposals, predictions):
-        predicted[i] = category_ids[torch.from_numpy(prediction.labels)[:, 0].long()]
+        predicted[i] = concept_ids[torch.from_numpy(prediction.labels)[:, 0].long()]
     labels = [torch.as_tensor(l, dtype=torch.long) for l in data.labels]
     boxes = [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for b in data.boxes]
     return pseudo_label_accuracy(proposals, predicted, boxes, labels, iou_threshold)
