@@ -15,6 +15,7 @@ from ..text.vocabulary import Vocabulary
 from .data import SplitData
 from .rpn import TrainedRPN, rpn_loss_total
 from .teacher import TeacherReport, TrainedTeacher
+from .transfer import transfer_section
 
 if TYPE_CHECKING:
     from .demo import DemoPreset, StageTimer
@@ -232,6 +233,7 @@ def render_report(
             + " | ".join(percent(recall[group][n]) for n in tops) + " |"
         )
     lines += student_section(config, summary, timer)
+    lines += transfer_section(summary["transfer"])
     lines += [
         "",
         "## Pictures",
