@@ -247,8 +247,7 @@ def test_transfer_run_is_trained_on_base_names_and_its_ap50_recomputes(demo_run)
     assert detector.train_embeddings.shape[0] == sum(c["split"] == "base" for c in categories) < len(categories)
     assert detector.roi_heads_config.focal_gamma == 0.5
     student = RegionCLIP.from_pretrained(summary["student"]["weights"], device="cpu")
-    assert not torch.equal(detector.trunk.layer4.state_dict()["0.conv1.weight"],
-                           student.trunk.layer4.state_dict()["0.conv1.weight"])
+    assert any(not torch.equal(a, b) for a, b in zip(detector.trunk.layer3.parameters(), student.trunk.layer3.parameters()))
     assert torch.equal(detector.trunk.conv1.weight, student.trunk.conv1.weight)  # stem frozen (freeze_at 2)
     preset = DemoPreset.from_dict(summary["preset"])
     assert evaluate_transfer(detector, world, preset.transfer, preset.templates) == entry["ap50"]

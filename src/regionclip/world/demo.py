@@ -117,7 +117,7 @@ class DemoPreset(ConfigBase):
             ),
             rpn=RPNTrainConfig(steps=600, batch_size=16, warmup_steps=30),
             student=StudentPretrainConfig(steps=600, batch_size=16, warmup_steps=50),
-            transfer=TransferConfig(initialisations=("student", "teacher"), focal_gammas=(0.5, None), steps=300),
+            transfer=TransferConfig(initialisations=("student", "teacher"), focal_gammas=(0.5, None), steps=200),
         )
 
     @classmethod
