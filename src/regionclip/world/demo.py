@@ -1,7 +1,8 @@
 """The main job (`regionclip demo`, `make demo`): the embedded world end to end, without downloads.
 
 Stages: generate the synthetic world (cached) → train the CLIP teacher(s) and the class-agnostic RPN (cached by
-config + world hash + seed, resumable) → pretrain a region–text student from the first teacher (cached) → evaluate
+config + world hash + seed, resumable) → pretrain a region–text student from the first teacher (cached) → fine-tune
+open-vocabulary detectors on the base boxes from the student (and, in the full preset, the teacher; cached) → evaluate
 (retrieval R@1, zero-shot accuracy of whole images and of ground-truth boxes, proposal recall; teacher vs student
 on GT boxes and pseudo-labels) → bundle teacher + RPN into one ``model.safetensors`` that
 ``RegionCLIP.from_pretrained`` loads → draw a Fig. 1-style picture and the loss curves → ``report.md``.
