@@ -5,8 +5,8 @@ on (γ 0.5) and off, on the default demo world, with wall times.
 
 Each of the four runs is `get_or_train_transfer` with the ``--preset`` demo preset's transfer settings (``full``:
 the four-run table) on the default world, fine-tuned on the base boxes of ``det_train`` and evaluated on validation
-(OV-COCO generalized AP50 with all names). For context, the zero-shot AP50 of the two initialisations themselves
-(before fine-tuning, same RPN, same test settings) is measured too. Runs are cached in the demo's models cache
+(OV-COCO generalized AP50 with all names); the zero-shot AP50 of the two initialisations before fine-tuning is in
+``benchmarks/results/world_precision.json``. Runs are cached in the demo's models cache
 (``$REGIONCLIP_CACHE`` or ``~/.cache/regionclip``); a cached run reports the wall time it took when it was trained.
 """
 
@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from regionclip.modeling.meta_arch.fast_rcnn import transfer_detection_config
 from regionclip.synthetic import generate_world
 from regionclip.text.embedder import default_cache_dir
 from regionclip.utils import atomic_write_text
@@ -30,7 +29,6 @@ from regionclip.world.rpn import get_or_train_rpn
 from regionclip.world.student import get_or_pretrain_student
 from regionclip.world.teacher import get_or_train_teacher
 from regionclip.world.transfer import get_or_train_transfer
-from regionclip.world.zeroshot import zero_shot_ap50
 
 
 def main() -> None:
@@ -53,16 +51,6 @@ def main() -> None:
     student = get_or_pretrain_student(world, default.student, teacher, rpn, cache / "models", progress=False)
     inits = {"student": student, "teacher": teacher}
 
-    zero_shot = {}
-    detection = transfer_detection_config(num_proposals=transfer.eval_proposals)
-    for name, run in inits.items():
-        model = run.load()
-        model.rpn = rpn.load()
-        started = time.perf_counter()
-        result = zero_shot_ap50(model, world, boxes=("rpn",), templates=default.templates, config=detection)["rpn"]
-        zero_shot[name] = {"ap50": result, "eval_seconds": time.perf_counter() - started}
-        print("zero-shot", name, zero_shot[name], flush=True)
-
     runs = []
     for init, gamma in transfer.runs():
         started = time.perf_counter()
@@ -82,7 +70,6 @@ def main() -> None:
         "world": world.config.hash(),
         "init_runs": {"student": student.run_dir.name, "teacher": teacher.run_dir.name, "rpn": rpn.run_dir.name},
         "transfer": transfer.to_dict(),
-        "zero_shot_before_finetuning": zero_shot,
         "runs": runs,
     }
     out = Path(args.out)
