@@ -1,7 +1,9 @@
 """Transfer in the embedded world (issue 12): RegionCLIP (student) vs CLIP (teacher) initialisation, focal scaling
 on (γ 0.5) and off, on the default demo world, with wall times.
 
-    PYTHONPATH=src nice -n 10 python benchmarks/transfer_world.py --threads 1 --out benchmarks/results/transfer_world.json
+    PYTHONPATH=src nice -n 10 python benchmarks/transfer_world.py --threads 1 --preset full --steps 100 --part runs
+    PYTHONPATH=src nice -n 10 python benchmarks/transfer_world.py --threads 1 --preset full --steps 100 \
+        --part zero-shot --out benchmarks/results/transfer_world_zero_shot.json
 
 Each of the four runs is `get_or_train_transfer` with the ``--preset`` demo preset's transfer settings (``full``:
 the four-run table) on the default world, fine-tuned on the base boxes of ``det_train`` and evaluated on validation

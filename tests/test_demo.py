@@ -247,15 +247,16 @@ def test_transfer_run_is_trained_on_base_names_and_its_ap50_recomputes(demo_run)
     assert detector.train_embeddings.shape[0] == sum(c["split"] == "base" for c in categories) < len(categories)
     assert detector.roi_heads_config.focal_gamma == 0.5
     student = RegionCLIP.from_pretrained(summary["student"]["weights"], device="cpu")
-    assert any(not torch.equal(a, b) for a, b in zip(detector.trunk.layer3.parameters(), student.trunk.layer3.parameters()))
+    trained, initial = detector.trunk.layer3.parameters(), student.trunk.layer3.parameters()
+    assert any(not torch.equal(a, b) for a, b in zip(trained, initial))
     assert torch.equal(detector.trunk.conv1.weight, student.trunk.conv1.weight)  # stem frozen (freeze_at 2)
     preset = DemoPreset.from_dict(summary["preset"])
     assert evaluate_transfer(detector, world, preset.transfer, preset.templates) == entry["ap50"]
     assert all(0.0 <= entry["ap50"][g] <= 100.0 for g in ("all", "base", "novel"))
     text = report.read_text()
     assert "## Transfer to open-vocabulary detection" in text
-    assert f"| student | γ = 0.5 | {entry['ap50']['novel']:.1f} | {entry['ap50']['base']:.1f} |" in text
-    assert summary["transfer_figure"] and all("student init, focal γ 0.5" in r["detections"]
+    assert f"| student | γ = 0.5 | {entry['ap50']['novel']:.2f} | {entry['ap50']['base']:.2f} |" in text
+    assert summary["transfer_figure"] and all("student init, focal gamma 0.5" in r["detections"]
                                               for r in summary["transfer_figure"])
 
 

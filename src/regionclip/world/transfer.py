@@ -69,7 +69,9 @@ class TransferConfig(ConfigBase):
         object.__setattr__(self, "train_min_sizes", tuple(int(s) for s in self.train_min_sizes))
         unknown = set(self.initialisations) - set(INITIALISATIONS)
         if unknown or not self.initialisations:
-            raise ValueError(f"initialisations must be a non-empty subset of {INITIALISATIONS}, got {self.initialisations}")
+            raise ValueError(
+                f"initialisations must be a non-empty subset of {INITIALISATIONS}, got {self.initialisations}"
+            )
         if not self.focal_gammas:
             raise ValueError("focal_gammas needs at least one entry (null: focal scaling off)")
         if self.eval_proposals < 1:
@@ -119,7 +121,9 @@ class TransferRun(CachedRun):
 
     @property
     def label(self) -> str:
-        return f"{self.initialisation} init, focal {'off' if self.focal_gamma is None else f'γ {self.focal_gamma:g}'}"
+        # "gamma", not γ: the picture's title font has no Greek letters
+        focal = "off" if self.focal_gamma is None else f"gamma {self.focal_gamma:g}"
+        return f"{self.initialisation} init, focal {focal}"
 
     def load(self, device: str | None = "cpu") -> OpenVocabularyDetector:
         return OpenVocabularyDetector.from_pretrained(self.weights, device=device)
@@ -247,8 +251,8 @@ def transfer_section(entries: list[dict[str, Any]]) -> list[str]:
         losses = e["final_losses"]
         focal = "off" if e["focal_gamma"] is None else f"γ = {e['focal_gamma']:g}"
         lines.append(
-            f"| {e['initialisation']} | {focal} | {e['ap50']['novel']:.1f} | {e['ap50']['base']:.1f} | "
-            f"{e['ap50']['all']:.1f} | {e['train_seconds']:.0f} s{'' if e['trained_now'] else ' (cached)'} | "
+            f"| {e['initialisation']} | {focal} | {e['ap50']['novel']:.2f} | {e['ap50']['base']:.2f} | "
+            f"{e['ap50']['all']:.2f} | {e['train_seconds']:.0f} s{'' if e['trained_now'] else ' (cached)'} | "
             f"{losses.get('loss_cls', float('nan')):.3f} / {losses.get('loss_box_reg', float('nan')):.3f} |"
         )
     lines += ["", "Detections of novel objects (novel names marked `*`):", "", "![transfer](transfer_novel.png)"]
