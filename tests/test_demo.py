@@ -18,6 +18,7 @@ from regionclip.text.vocabulary import Vocabulary
 from regionclip.world import demo as demo_module
 from regionclip.world import rpn as rpn_training
 from regionclip.world import student as student_training
+from regionclip.world import transfer as transfer_training
 from regionclip.world.demo import DemoPreset, choose_threads, figure_image_indices, run_demo
 from regionclip.world.teacher import train as teacher_training
 from regionclip.world.zeroshot import zero_shot_ap50
@@ -56,10 +57,11 @@ def test_demo_writes_report_with_all_figures(demo_run):
     assert teacher["image_top1"] <= teacher["image_top5"] and teacher["region_top1"] <= teacher["region_top3"]
     assert set(teacher["retrieval"]) == {"image_to_text", "text_to_image"}
     assert set(summary["rpn"]["recall"]) == {"base", "novel", "all"}
-    assert summary["stage_notes"] == {"teacher tiny": "trained", "rpn": "trained", "student": "trained"}
-    for name in ("world", "teacher tiny", "rpn", "student", "evaluate tiny", "evaluate student", "figures"):
+    assert summary["stage_notes"] == {"teacher tiny": "trained", "rpn": "trained", "student": "trained",
+                                      "transfer": "trained"}
+    for name in ("world", "teacher tiny", "rpn", "student", "transfer", "evaluate tiny", "evaluate student", "figures"):
         assert summary["stages"][name] >= 0.0
-    for picture in ("regions_top3.png", "training_curves.png"):
+    for picture in ("regions_top3.png", "training_curves.png", "transfer_novel.png"):
         with Image.open(out / picture) as image:
             assert image.width > 400 and image.height > 300
         assert f"({picture})" in text
@@ -111,14 +113,17 @@ def test_second_run_reuses_cached_models(demo_run, monkeypatch):
     monkeypatch.setattr(teacher_training, "train_teacher", forbidden)
     monkeypatch.setattr(rpn_training, "train_rpn", forbidden)
     monkeypatch.setattr(student_training, "pretrain", forbidden)
+    monkeypatch.setattr(transfer_training, "finetune", forbidden)
     report = run_demo(root / "again", preset="tiny", cache_dir=root / "cache", progress=False, threads=1)
     summary = json.loads((root / "again" / "report.json").read_text())
-    assert summary["stage_notes"] == {"teacher tiny": "cached", "rpn": "cached", "student": "cached"}
+    assert summary["stage_notes"] == {"teacher tiny": "cached", "rpn": "cached", "student": "cached",
+                                      "transfer": "cached"}
     first = json.loads((root / "out" / "report.json").read_text())
     assert summary["teachers"]["tiny"]["region_top1"] == first["teachers"]["tiny"]["region_top1"]
     assert summary["student"]["region_top1"] == first["student"]["region_top1"]
     assert summary["pseudo_labels"] == first["pseudo_labels"]
     assert summary["rpn"]["recall"] == first["rpn"]["recall"]
+    assert [r["ap50"] for r in summary["transfer"]] == [r["ap50"] for r in first["transfer"]]
     assert "(cached)" in report.read_text()
 
 
@@ -284,3 +289,52 @@ def test_default_demo_teacher_and_rpn_beat_chance(tmp_path):
     assert teacher["region_top1"] > 5 * chance and teacher["region_top3"] > 3 * (3 * chance)
     for group in ("base", "novel"):
         assert summary["rpn"]["recall"][group]["300"] > 0.9
+
+
+def test_transfer_run_is_trained_on_base_names_and_its_ap50_recomputes(demo_run):
+    """The tiny preset's transfer run: a detector fine-tuned from the student with base-name embeddings only, whose
+    AP50 re-evaluated from the saved weights with all names equals the report's."""
+    from regionclip.synthetic import World
+    from regionclip.world.transfer import evaluate_transfer
+
+    root, report = demo_run
+    summary = json.loads((root / "out" / "report.json").read_text())
+    (entry,) = summary["transfer"]
+    assert (entry["initialisation"], entry["focal_gamma"]) == ("student", 0.5)
+    world = World.open(summary["world"]["root"])
+    categories = world.load_instances("val")["categories"]
+    detector = transfer_training.OpenVocabularyDetector.from_pretrained(entry["weights"], device="cpu")
+    assert detector.train_embeddings.shape[0] == sum(c["split"] == "base" for c in categories) < len(categories)
+    assert detector.roi_heads_config.focal_gamma == 0.5
+    student = RegionCLIP.from_pretrained(summary["student"]["weights"], device="cpu")
+    trained, initial = detector.trunk.layer3.parameters(), student.trunk.layer3.parameters()
+    assert any(not torch.equal(a, b) for a, b in zip(trained, initial))
+    assert torch.equal(detector.trunk.conv1.weight, student.trunk.conv1.weight)  # stem frozen (freeze_at 2)
+    preset = DemoPreset.from_dict(summary["preset"])
+    assert evaluate_transfer(detector, world, preset.transfer, preset.templates) == entry["ap50"]
+    assert all(0.0 <= entry["ap50"][g] <= 100.0 for g in ("all", "base", "novel"))
+    text = report.read_text()
+    assert "## Transfer to open-vocabulary detection" in text
+    assert f"| student | γ = 0.5 | {entry['ap50']['novel']:.2f} | {entry['ap50']['base']:.2f} |" in text
+    assert summary["transfer_figure"] and all("student init, focal gamma 0.5" in r["detections"]
+                                              for r in summary["transfer_figure"])
+
+
+def test_transfer_config_runs_keys_and_errors():
+    from regionclip.world.transfer import TransferConfig
+
+    config = TransferConfig(initialisations=("student", "teacher"), focal_gammas=(0.5, None))
+    assert config.runs() == [("student", 0.5), ("student", None), ("teacher", 0.5), ("teacher", None)]
+    keys = {config.cache_key(i, g, "init", "rpn", "world") for i, g in config.runs()}
+    assert len(keys) == 4
+    key = config.cache_key("student", 0.5, "init", "rpn", "world")
+    assert TransferConfig(checkpoint_every=7).cache_key("student", 0.5, "init", "rpn", "world") == key
+    assert TransferConfig(focal_gammas=(None, 0.5)).cache_key("student", 0.5, "init", "rpn", "world") == key
+    assert TransferConfig(steps=TransferConfig().steps + 1).cache_key("student", 0.5, "init", "rpn", "world") != key
+    assert config.cache_key("student", 0.5, "init", "other-rpn", "world") != key
+    with pytest.raises(ValueError, match="initialisations"):
+        TransferConfig(initialisations=("clip",))
+    with pytest.raises(ValueError, match="focal_gammas"):
+        TransferConfig(focal_gammas=())
+    with pytest.raises(ValueError, match="focal_gamma must be >= 0"):
+        TransferConfig(focal_gammas=(-1.0,))

@@ -68,7 +68,7 @@ def test_config_round_trip_and_bad_configs(setup, tmp_path):
     assert PretrainConfig.from_yaml(tmp_path / "c.yaml") == config
     for bad, message in (
         ({"shards": "x.tar"}, "exactly one data source"),
-        ({"precision": "fp16"}, "precision"),
+        ({"precision": "bfloat16"}, "precision must be one of"),
         ({"global_box": "full"}, "global_box"),
         ({"losses": {"temprature": 0.1}}, "unknown losses keys"),
         ({"stepz": 3}, "unknown pretrain config keys"),

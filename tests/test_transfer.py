@@ -145,6 +145,27 @@ def test_recipes_and_yaml(tmp_path):
         RoIHeadConfig.from_dict({"gamma": 1})
 
 
+def test_precision_names_are_the_shared_ones(tmp_path):
+    from regionclip.precision import PRECISIONS, autocast_dtype
+
+    for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        config = FinetuneConfig(weights="w", train_annotations="a", train_images="i", output_dir="o",
+                                precision=precision)
+        config.to_yaml(tmp_path / "p.yaml")
+        assert FinetuneConfig.from_yaml(tmp_path / "p.yaml").precision == precision
+        assert autocast_dtype(config.precision) is dtype
+    assert PRECISIONS == ("fp32", "bf16", "fp16")
+    paths = {"weights": "w", "train_annotations": "a", "train_images": "i", "output_dir": "o"}
+    with pytest.raises(ValueError, match="precision must be one of"):
+        FinetuneConfig.from_dict({**paths, "precision": "bfloat16"})
+    with pytest.raises(ValueError, match="unknown finetune config keys"):
+        FinetuneConfig.from_dict({**paths, "autocast": "bf16"})  # the old field name
+    with pytest.raises(ValueError, match="'fp16' needs a CUDA device"):
+        autocast_dtype("fp16", "cpu")
+    assert [FinetuneConfig.from_yaml(f"configs/transfer/{n}.yaml").precision for n in ("coco_rn50", "lvis_rn50x4")] == [
+        "fp32", "fp32"]
+
+
 # ---- checkpoints ----------------------------------------------------------------------------------------------
 def official_rn50_key_count() -> int:
     """510, from the architectures: every conv of ModifiedResNet / detectron2's ResNet is bias-free and followed by

@@ -61,3 +61,24 @@ def test_wrong_novel_answers_lower_novel_ap50_only(world):
     result = zero_shot_ap50(AnnotationOracle(world, wrong), world, boxes=("gt",))
     assert result["gt"]["novel"] == 0.0  # no novel object keeps its category
     assert 0.0 < result["gt"]["all"] < 100.0
+
+
+def test_images_without_file_name_are_found_by_coco_url(world):
+    """LVIS v1 jsons carry ``coco_url`` instead of ``file_name``: the image is ``<folder>/<split>/<name>``."""
+    from regionclip.evaluation import evaluate_zeroshot
+
+    gt = world.load_instances("val")
+    gt["categories"] = [{k: v for k, v in c.items() if k != "frequency"} for c in gt["categories"]]
+    for image in gt["images"]:
+        image["coco_url"] = f"http://images.cocodataset.org/val/{image.pop('file_name')}"
+    seen = []
+
+    class Recorder(AnnotationOracle):
+        def detect(self, paths, *args, **kwargs):
+            seen.extend(paths)
+            return super().detect(paths, *args, **kwargs)
+
+    metrics, _ = evaluate_zeroshot(Recorder(world), gt, world.root / "images", boxes="rpn", progress=False)
+    annotated = {a["image_id"] for a in gt["annotations"]}
+    assert sorted(seen) == sorted(str(world.images_dir("val") / f"{i:012d}.jpg") for i in annotated)
+    assert metrics["AP50_all"] == pytest.approx(100.0)

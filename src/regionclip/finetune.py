@@ -37,9 +37,8 @@ from .engine.distributed import launch_from_yaml
 from .engine.loop import TrainingRun
 from .modeling.meta_arch.fast_rcnn import OpenVocabularyDetector
 from .modeling.roi_heads import RoIHeadConfig
+from .precision import autocast_dtype, check_precision
 from .utils import atomic_write_text, write_json
-
-AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -72,7 +71,7 @@ class FinetuneConfig(ConfigBase):
     train_max_size: int = OFFICIAL_TRAIN_MAX_SIZE
     flip: bool = True
     freeze_at: int = 2
-    autocast: str | None = None  # "bfloat16" where it pays (GPU); None: float32
+    precision: str = "fp32"  # "bf16" autocast where it pays (GPU; CPUs with native BF16), "fp16" (CUDA only)
     roi_heads: RoIHeadConfig = field(default_factory=RoIHeadConfig)
     seed: int = 0
     checkpoint_every: int = 5000
@@ -80,8 +79,7 @@ class FinetuneConfig(ConfigBase):
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("need steps, batch_size and checkpoint_every >= 1")
-        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
-            raise ValueError(f"autocast must be one of {sorted(AUTOCAST_DTYPES)} or null, got {self.autocast!r}")
+        check_precision(self.precision)
         if not self.train_min_sizes or min(self.train_min_sizes) < 1 or self.train_max_size < max(self.train_min_sizes):
             raise ValueError("need positive train_min_sizes not above train_max_size")
 
@@ -143,7 +141,7 @@ def finetune(config: FinetuneConfig, progress: bool = True, stop_after: int | No
         model, optimizer, config, step_fn, output / "checkpoints", "finetune",
         schedule=config.schedule(), progress=progress, stop_after=stop_after,
         clip_gradients=GradientClipping("per_parameter", config.grad_clip) if config.grad_clip else None,
-        autocast=AUTOCAST_DTYPES[config.autocast] if config.autocast else None,
+        autocast=autocast_dtype(config.precision, device),
         postfix=lambda r: {k.removeprefix("loss_"): f"{v:.3f}" for k, v in r.items()},
     )
     if run.finished and is_main_process():

@@ -14,8 +14,11 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of ``precision`` (None for fp32): what the training engine's ``autocast`` takes."""
+def autocast_dtype(precision: str, device: torch.device | str | None = None) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` (None for fp32): what the training engine's ``autocast`` takes. With a
+    ``device``, fp16 off CUDA is refused (as `autocast` does)."""
+    if device is not None and check_precision(precision) == "fp16" and torch.device(device).type != "cuda":
+        raise ValueError(f"precision 'fp16' needs a CUDA device (got {torch.device(device).type}); use 'bf16' on CPU")
     return _AUTOCAST_DTYPES.get(check_precision(precision))
 
 

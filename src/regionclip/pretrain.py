@@ -42,9 +42,9 @@ from .engine.distributed import launch_from_yaml
 from .engine.loop import TrainingRun
 from .modeling.meta_arch.pretraining import ProposalSampling, RegionTextPretraining
 from .modeling.region_text_losses import LOSS_NAMES, RegionTextLossConfig
+from .precision import autocast_dtype, check_precision
 from .utils import atomic_write_text, write_json
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 LOG_FILE, STUDENT_FILE, OFFICIAL_FILE = "log.jsonl", "model.safetensors", "model_final.pth"
 
 
@@ -93,7 +93,7 @@ class PretrainConfig(ConfigBase):
     warmup_factor: float = 0.001
     grad_clip: float | None = 5.0  # per-parameter gradient-norm clip; None: off
     freeze_at: int = 2
-    precision: str = "fp32"  # "fp32" or "bf16" (autocast)
+    precision: str = "fp32"  # "fp32", "bf16" (autocast) or "fp16" (autocast, CUDA only)
     num_workers: int = 0
     shuffle_buffer: int = 1000
     seed: int = 0
@@ -107,8 +107,7 @@ class PretrainConfig(ConfigBase):
             raise ValueError("captions_json needs image_dir")
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("need steps, batch_size and checkpoint_every >= 1")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
         if self.global_box not in GLOBAL_BOX_MODES:
             raise ValueError(f"global_box must be one of {GLOBAL_BOX_MODES}, got {self.global_box!r}")
         self.transform()
@@ -254,7 +253,7 @@ def pretrain(config: PretrainConfig, progress: bool = True, stop_after: int | No
         wrapped, optimizer, config, step_fn, output / "checkpoints", "pretrain",
         schedule=schedule, progress=progress, stop_after=stop_after,
         clip_gradients=GradientClipping("per_parameter", config.grad_clip) if config.grad_clip else None,
-        autocast=PRECISIONS[config.precision],
+        autocast=autocast_dtype(config.precision, device),
         after_step=lambda: log.finish(config.batch_size),
         postfix=lambda r: {k.split("_")[0]: f"{v:.3f}" for k, v in r.items()},
     )

@@ -180,8 +180,10 @@ def read_boxes_file(path: Path, images: list[Path]) -> tuple[list[list[list[floa
 
 
 def _boxes_per_image(data: object, path: Path, images: list[Path]) -> tuple[list, Optional[list[int]]]:
+    from ..data.detection import image_file_name
+
     if isinstance(data, dict) and "annotations" in data and "images" in data:
-        by_name = {Path(im["file_name"]).name: im["id"] for im in data["images"]}
+        by_name = {Path(image_file_name(im)).name: im["id"] for im in data["images"]}
         ids = []
         for image in images:
             if image.name not in by_name:

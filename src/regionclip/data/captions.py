@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
+from .detection import image_file_name
 from .images import ImageInput
 from .pretrain_images import CaptionSample, PretrainTransform, collate_pretrain
 
@@ -129,7 +130,7 @@ class CocoCaptionPairs:
         for ann in data["annotations"]:
             captions.setdefault(ann["image_id"], []).append(ann["caption"])
         self.image_dir = Path(image_dir)
-        self.images = [(im["id"], im["file_name"]) for im in data["images"] if im["id"] in captions]
+        self.images = [(im["id"], image_file_name(im)) for im in data["images"] if im["id"] in captions]
         self.captions = captions
         if not self.images:
             raise ValueError(f"{path}: no image has a caption")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..data.detection import image_file_name
 from ..modeling.roi_heads import DetectionConfig
 from ..text.vocabulary import Vocabulary
 from ._common import load_ground_truth
@@ -66,7 +67,7 @@ def evaluate_zeroshot(
     if not images:
         raise ValueError("no annotated images to evaluate")
     images_dir = Path(images_dir)
-    paths = [images_dir / im["file_name"] for im in images]
+    paths = [images_dir / image_file_name(im) for im in images]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} images not found, e.g. {missing[0]}")

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..data.detection import image_file_name
 from ..data.images import load_image_file
 from ..synthetic import World
 from ..utils import progress as progress_bar
@@ -107,13 +108,13 @@ def load_split(world: World, split: str, with_images: bool = True, progress: boo
         folder = world.images_dir(split)
         bar = progress_bar(images, desc=f"decode {split}", unit="img", disable=not progress, leave=False)
         for i, im in enumerate(bar):
-            array[i] = decode_image(str(folder / im["file_name"]))
+            array[i] = decode_image(str(folder / image_file_name(im)))
         pixels = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
     categories = sorted(instances["categories"], key=lambda c: c["id"])
     return SplitData(
         split=split,
         image_ids=[im["id"] for im in images],
-        file_names=[im["file_name"] for im in images],
+        file_names=[image_file_name(im) for im in images],
         images=pixels,
         captions=captions,
         boxes=[torch.tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes],

@@ -1,7 +1,8 @@
 """The main job (`regionclip demo`, `make demo`): the embedded world end to end, without downloads.
 
 Stages: generate the synthetic world (cached) → train the CLIP teacher(s) and the class-agnostic RPN (cached by
-config + world hash + seed, resumable) → pretrain a region–text student from the first teacher (cached) → evaluate
+config + world hash + seed, resumable) → pretrain a region–text student from the first teacher (cached) → fine-tune
+open-vocabulary detectors on the base boxes from the student (and, in the full preset, the teacher; cached) → evaluate
 (retrieval R@1, zero-shot accuracy of whole images and of ground-truth boxes, proposal recall; teacher vs student
 on images, GT boxes, AP50 on GT boxes and RPN proposals, pseudo-labels) → bundle teacher + RPN into one
 ``model.safetensors`` that ``RegionCLIP.from_pretrained`` loads → draw a Fig. 1-style picture and the loss curves → ``report.md``.
@@ -36,6 +37,7 @@ from .student import (
 )
 from .zeroshot import zero_shot_ap50
 from .teacher import TeacherReport, TeacherTrainConfig, TrainedTeacher, evaluate_teacher, get_or_train_teacher
+from .transfer import TransferConfig, TransferRun, draw_novel_detections, get_or_train_transfer
 
 PRESETS = ("tiny", "default", "full")
 
@@ -56,6 +58,7 @@ class DemoPreset(ConfigBase):
     teachers: tuple[TeacherTrainConfig, ...]
     rpn: RPNTrainConfig
     student: StudentPretrainConfig = field(default_factory=StudentPretrainConfig)  # starts from teacher 0
+    transfer: TransferConfig = field(default_factory=TransferConfig)  # detectors from the student / teacher 0
     templates: str = "ensemble"  # prompts for zero-shot names: "ensemble" (official 81) or "single" ('a photo of a {}.')
     figure_images: int = 4
     # teacher-vs-student AP50 with RPN proposals: the top 300 per image (recall@300 > 90 % on 160-px world images;
@@ -87,6 +90,8 @@ class DemoPreset(ConfigBase):
             rpn=RPNTrainConfig(steps=3, batch_size=8, warmup_steps=1, width=8, checkpoint_every=2),
             student=StudentPretrainConfig(steps=3, batch_size=4, warmup_steps=1, regions_per_image=8, rpn_top_k=50,
                                           checkpoint_every=2),
+            transfer=TransferConfig(steps=3, batch_size=2, warmup_steps=1, rois_per_image=32, eval_proposals=50,
+                                    checkpoint_every=2),
             figure_images=2,
         )
 
@@ -121,6 +126,7 @@ class DemoPreset(ConfigBase):
             ),
             rpn=RPNTrainConfig(steps=600, batch_size=16, warmup_steps=30),
             student=StudentPretrainConfig(steps=600, batch_size=16, warmup_steps=50),
+            transfer=TransferConfig(initialisations=("student", "teacher"), focal_gammas=(0.5, None), steps=200),
         )
 
     @classmethod
@@ -136,8 +142,8 @@ class DemoPreset(ConfigBase):
     # ---- (de)serialisation: ConfigBase --------------------------------------------------------------
     @classmethod
     def expand_dict(cls, data: dict[str, Any]) -> dict[str, Any]:
-        """A preset without ``world``, ``rpn`` or ``student`` uses the default ones."""
-        return {"world": {}, "rpn": {}, "student": {}, **data}
+        """A preset without ``world``, ``rpn``, ``student`` or ``transfer`` uses the default ones."""
+        return {"world": {}, "rpn": {}, "student": {}, "transfer": {}, **data}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -244,6 +250,14 @@ def run_demo(
                 world, config.student, teachers[0], trained_rpn, cache / "models", progress=progress
             )
         timer.notes["student"] = "trained" if student.trained_now else "cached"
+        with timer.stage("transfer"):
+            init_runs = {"student": student, "teacher": teachers[0]}
+            transfer_runs: list[TransferRun] = [
+                get_or_train_transfer(world, config.transfer, init, gamma, init_runs[init], trained_rpn,
+                                      cache / "models", config.templates, progress=progress)
+                for init, gamma in config.transfer.runs()
+            ]
+        timer.notes["transfer"] = ", ".join(sorted({"trained" if r.trained_now else "cached" for r in transfer_runs}))
         with timer.stage("rpn evaluation"):
             rpn = trained_rpn.load()
             rpn_figures = evaluate_rpn(rpn, val)
@@ -284,6 +298,11 @@ def run_demo(
                                             config=DetectionConfig(num_proposals=config.ap50_proposals))
         with timer.stage("figures"):
             draw_loss_curves(teachers, trained_rpn, out_dir / "training_curves.png", student)
+            shown: dict[str, TransferRun] = {}  # one panel per initialisation: its first focal setting
+            for run in transfer_runs:
+                shown.setdefault(run.initialisation, run)
+            transfer_figure = draw_novel_detections(list(shown.values()), val, config.figure_images, config.templates,
+                                                    out_dir / "transfer_novel.png")
     finally:
         used_threads = torch.get_num_threads()
         torch.set_num_threads(previous_threads)
@@ -308,6 +327,8 @@ def run_demo(
         "ap50": ap50,
         "rpn": {**rpn_figures, "weights": str(trained_rpn.weights), "train_seconds": trained_rpn.seconds,
                 "network": trained_rpn.rpn_config.to_dict()},
+        "transfer": [r.to_dict() for r in transfer_runs],
+        "transfer_figure": transfer_figure,
         "stages": timer.seconds,
         "stage_notes": timer.notes,
         "wall_seconds": timer.total,

@@ -16,6 +16,7 @@ from .data import SplitData
 from .rpn import TrainedRPN, rpn_loss_total
 from .student import TrainedStudent
 from .teacher import TeacherReport, TrainedTeacher
+from .transfer import transfer_section
 
 if TYPE_CHECKING:
     from .demo import DemoPreset, StageTimer
@@ -258,6 +259,7 @@ def render_report(
             + " | ".join(percent(recall[group][n]) for n in tops) + " |"
         )
     lines += student_section(config, summary, timer)
+    lines += transfer_section(summary["transfer"])
     lines += [
         "",
         "## Pictures",
