@@ -84,10 +84,11 @@ def inference_section(report: dict) -> list[str]:
     ) + " of the exact detections."]
 
     stages, gemm, head = report["stages_s_per_image"], report["measured_matmul_gflops"], report["region_head_vs_matmul_rate"]
-    lines += ["", "Per stage, s/image (1000 random boxes on the first image): " + "; ".join(
+    lines += ["", f"Per stage, s/image ({setup['proposals']} random boxes on the first image): " + "; ".join(
         f"{stage.removesuffix('_s')} {stages['fp32'][stage]:.2f} → {stages['bf16'][stage]:.2f}"
-        for stage in stages["fp32"] if stage != "total_s"
-    ) + " (fp32 → bf16). Measured matmul rate of this CPU: " + ", ".join(
+        for stage in stages["fp32"] if stage not in ("total_s", "trunk_under_autocast_s")
+    ) + f" (fp32 → bf16; the trunk stays fp32, under bf16 autocast it would take "
+      f"{stages['bf16']['trunk_under_autocast_s']:.2f} s). Measured matmul rate of this CPU: " + ", ".join(
         f"{precision} {gemm[precision]:.0f} GFLOP/s (region head reaches "
         f"{head[precision]['fraction_of_measured_matmul_rate']:.0%})" for precision in ("fp32", "bf16")
     ) + f"; folding the BatchNorms makes the fp32 head {report['region_head_speedup_from_folding']:.2f}× faster."]
