@@ -123,3 +123,28 @@ def test_extract_features_dataloader_workers_give_identical_files(tmp_path, samp
         assert torch.equal(stored["boxes"], prepared[0].to_original_boxes(proposals[0].boxes))
     for a, b in zip(tensors[0], tensors[2]):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_detect_dataloader_workers_give_identical_detections(tmp_path, sample_images, make_model_with_rpn):
+    model = make_model_with_rpn()
+    weights = model.save_pretrained(tmp_path / "bundle")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    images = [sample_images[0], broken, sample_images[1], sample_images[2]]
+    outputs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"detections{workers}.json"
+        result = CliRunner().invoke(app, [
+            "detect", *map(str, images), "--vocab", "cat,dog,bird", "--weights", str(weights), "--templates", "single",
+            "--format", "regions", "--num-proposals", "30", "--batch-size", "3", "--num-workers", str(workers),
+            "--out", str(out),
+        ])
+        assert result.exit_code == 1 and "1 of 4 images" in result.stderr and str(broken) in result.stderr
+        outputs[workers] = json.loads(out.read_text())
+    assert outputs[0] == outputs[2]
+    assert [r["image"] for r in outputs[0]] == [str(p) for p in sample_images]
+    assert [r["image_id"] for r in outputs[0]] == [1, 3, 4]
+    # the library's detect on the file paths, without a DataLoader, gives the same detections
+    expected = model.detect([str(p) for p in sample_images], "cat,dog,bird", templates="single",
+                            config=DetectionConfig(num_proposals=30), image_ids=[1, 3, 4])
+    assert [r.to_json() for r in expected] == outputs[0]

@@ -209,6 +209,20 @@ def test_bf16_outputs_are_fp32_and_close_to_fp32(sample_images, make_model):
         assert (la.labels == lb.labels).all()  # top-1 agreement
 
 
+def test_trunk_runs_channels_last_only_off_fp32(sample_images, make_model):
+    model = make_model(ModelConfig.tiny(), seed=0)
+    layouts = []
+    model.trunk.register_forward_pre_hook(
+        lambda module, inputs: layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last)
+                                              and not inputs[0].is_contiguous())
+    )
+    exact = model.embed_regions(str(sample_images[0]), [[0, 0, 60, 50]], normalize=False)[0]
+    model.precision = "bf16"
+    reduced = model.embed_regions(str(sample_images[0]), [[0, 0, 60, 50]], normalize=False)[0]
+    assert layouts == [False, True]  # fp32 keeps the contiguous (pinned) layout; bf16 runs channels_last
+    assert F.cosine_similarity(exact, reduced).min() > 0.99  # the stated bf16 tolerance
+
+
 def test_precision_values_and_fp16_on_cpu_are_checked(tiny_model, tmp_path):
     assert tiny_model.precision == "fp32"
     with pytest.raises(ValueError, match="needs a CUDA device"):

@@ -115,6 +115,29 @@ class PreparedImages(Dataset):
             return path, None, describe_failure(path, error)
 
 
+def prepared_image_batches(paths: list[Path], min_size: int, max_size: int, batch_size: int, num_workers: int) -> DataLoader:
+    """Lists of `PreparedImages` items, ``batch_size`` images each, in the order of ``paths``: ``num_workers``
+    processes decode and resize the next batches while the caller computes (0 decodes in this process; the items
+    are the same for any number of workers)."""
+    return DataLoader(PreparedImages(paths, min_size, max_size), batch_size=batch_size, num_workers=num_workers,
+                      collate_fn=list)
+
+
+def readable_positions(batch: list[tuple[Path, PreparedImage | None, str | None]], on_error: str,
+                       failed: dict[str, str]) -> list[int]:
+    """Positions of the decoded images of a `prepared_image_batches` batch; an unreadable one is recorded in
+    ``failed`` (``on_error="skip"``) or stops the run with a ValueError naming it (``"fail"``)."""
+    positions = []
+    for position, (path, image, reason) in enumerate(batch):
+        if image is not None:
+            positions.append(position)
+        elif on_error == "fail":
+            raise ValueError(f"cannot read image {reason}")
+        else:
+            failed[str(path)] = reason
+    return positions
+
+
 @torch.inference_mode()
 def extract_region_features(
     model: Any,
@@ -164,20 +187,10 @@ def extract_region_features(
     weights = model.embed_vocabulary(vocab, templates).to(model.device) if vocab is not None and todo else None
     settings_json = json.dumps(settings, sort_keys=True)
     failed: dict[str, str] = {}
-    loader = DataLoader(
-        PreparedImages(todo, model.config.input.min_size, model.config.input.max_size),
-        batch_size=batch_size, num_workers=num_workers, collate_fn=list,
-    )
+    loader = prepared_image_batches(todo, model.config.input.min_size, model.config.input.max_size, batch_size, num_workers)
     for batch in progress_bar(loader, disable=not progress, desc="extracting", unit="batch"):
-        chunk, prepared = [], []
-        for path, image, reason in batch:
-            if image is None:
-                if on_error == "fail":
-                    raise ValueError(f"cannot read image {reason}")
-                failed[str(path)] = reason
-                continue
-            chunk.append(path)
-            prepared.append(image)
+        positions = readable_positions(batch, on_error, failed)
+        chunk, prepared = [batch[k][0] for k in positions], [batch[k][1] for k in positions]
         if not chunk:
             continue
         proposals = model.propose(prepared, rpn_nms_threshold, num_proposals)

@@ -109,15 +109,17 @@ def run_per_image(
     batch_size: int,
     on_error: str,
     failed: dict[str, str],
+    progress: bool = True,
 ) -> dict[int, object]:
     """``run`` over ``indices`` in batches. A batch that raises one of the per-image errors (unreadable image,
     invalid boxes, non-finite predictions) is re-run image by image, so only the images that fail are lost: they
     are recorded in ``failed`` (``on_error="skip"``) or stop the run with an error naming the image."""
     from ..features import UNREADABLE_IMAGE_ERRORS, describe_failure
-    from ..utils import progress
+    from ..utils import progress as progress_bar
 
     results: dict[int, object] = {}
-    for start in progress(range(0, len(indices), batch_size), disable=len(indices) <= 1, desc="images", unit="batch"):
+    shown = progress and len(indices) > 1
+    for start in progress_bar(range(0, len(indices), batch_size), disable=not shown, desc="images", unit="batch"):
         chunk = indices[start : start + batch_size]
         try:
             results.update(zip(chunk, run(chunk)))

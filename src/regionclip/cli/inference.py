@@ -127,8 +127,14 @@ def detect(
     precision: Optional[Precision] = typer.Option(
         None, "--precision", help=PRECISION_HELP + " Default: the preset's (exact fp32, fast bf16)."
     ),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Images per model call."),
+    num_workers: int = typer.Option(
+        0, "--num-workers", min=0, help="Processes decoding and resizing the next images while the model runs."
+    ),
 ) -> None:
     """Zero-shot detection: RPN proposals classified over any vocabulary."""
+    from ..features import prepared_image_batches, readable_positions
+    from ..utils import progress
     from ..viz import draw_predictions
 
     check_output_format(output_format)
@@ -153,14 +159,23 @@ def detect(
         if model.rpn is None:
             raise ValueError(f"{weights} carries no RPN: give one with --rpn (e.g. rpn_lvis_866.pth)")
         class_embeddings = model.embed_vocabulary(vocabulary, templates)
+        size = model.config.input
+        loader = prepared_image_batches([images[i] for i in remaining], size.min_size, size.max_size, batch_size, num_workers)
+        batch_indices = (remaining[start : start + batch_size] for start in range(0, len(remaining), batch_size))
+        for indices, batch in zip(batch_indices, progress(loader, disable=len(remaining) <= 1, desc="images", unit="batch")):
+            ready = {indices[k]: batch[k][1] for k in readable_positions(batch, on_error.value, failed)}
 
-        def run(indices: list[int]) -> list:
-            return model.detect(
-                [str(images[i]) for i in indices], vocabulary, config=config, class_embeddings=class_embeddings,
-                batch_size=len(indices), image_ids=[i + 1 for i in indices],
-            )
+            def run(chosen: list[int], ready=ready) -> list:
+                found = model.detect(
+                    [ready[i] for i in chosen], vocabulary, config=config, class_embeddings=class_embeddings,
+                    batch_size=len(chosen), image_ids=[i + 1 for i in chosen],
+                )
+                for i, pred in zip(chosen, found):
+                    pred.source = str(images[i])  # prepared images carry no file name
+                return found
 
-        predictions = run_per_image(remaining, run, images, 4, on_error, failed)
+            if ready:
+                predictions.update(run_per_image(list(ready), run, images, len(ready), on_error.value, failed, progress=False))
     if predictions:
         if out is not None:
             write_predictions(out, [predictions.get(i) for i in range(len(images))], output_format)

@@ -145,6 +145,10 @@ class RegionCLIPModel(nn.Module):
         features, rois, regions = [], [], []
         for group, indices in enumerate(by_size.values()):
             batch = torch.stack([self.normalize(prepared[i].pixels) for i in indices])
+            if self.precision != "fp32":
+                # channels_last trunk convolutions: ~1.3x faster on CPU, but they round differently (~1e-6) from
+                # the contiguous path, so the exact fp32 mode keeps the official memory layout
+                batch = batch.contiguous(memory_format=torch.channels_last)
             features.append(self.trunk(batch))
             rois.append(self.pooler.rois(features[-1], [input_boxes[i].to(self.device) for i in indices]))
             regions.append([(group, row) for row in range(len(rois[-1]))])
