@@ -58,7 +58,7 @@ def test_demo_writes_report_with_all_figures(demo_run):
     assert set(teacher["retrieval"]) == {"image_to_text", "text_to_image"}
     assert set(summary["rpn"]["recall"]) == {"base", "novel", "all"}
     assert summary["stage_notes"] == {"teacher tiny": "trained", "rpn": "trained", "student": "trained",
-                                      "transfer": "trained"}
+                                      "transfer": "trained", "evaluate student": "computed"}
     for name in ("world", "teacher tiny", "rpn", "student", "transfer", "evaluate tiny", "evaluate student", "figures"):
         assert summary["stages"][name] >= 0.0
     for picture in ("regions_top3.png", "training_curves.png", "transfer_novel.png"):
@@ -114,14 +114,15 @@ def test_second_run_reuses_cached_models(demo_run, monkeypatch):
     monkeypatch.setattr(rpn_training, "train_rpn", forbidden)
     monkeypatch.setattr(student_training, "pretrain", forbidden)
     monkeypatch.setattr(transfer_training, "finetune", forbidden)
+    monkeypatch.setattr(demo_module, "zero_shot_ap50", forbidden)  # the teacher-vs-student figures are cached too
     report = run_demo(root / "again", preset="tiny", cache_dir=root / "cache", progress=False, threads=1)
     summary = json.loads((root / "again" / "report.json").read_text())
     assert summary["stage_notes"] == {"teacher tiny": "cached", "rpn": "cached", "student": "cached",
-                                      "transfer": "cached"}
+                                      "transfer": "cached", "evaluate student": "cached"}
     first = json.loads((root / "out" / "report.json").read_text())
     assert summary["teachers"]["tiny"]["region_top1"] == first["teachers"]["tiny"]["region_top1"]
     assert summary["student"]["region_top1"] == first["student"]["region_top1"]
-    assert summary["pseudo_labels"] == first["pseudo_labels"]
+    assert summary["pseudo_labels"] == first["pseudo_labels"] and summary["ap50"] == first["ap50"]
     assert summary["rpn"]["recall"] == first["rpn"]["recall"]
     assert [r["ap50"] for r in summary["transfer"]] == [r["ap50"] for r in first["transfer"]]
     assert "(cached)" in report.read_text()
