@@ -43,7 +43,7 @@ from regionclip.world.data import load_split
 from regionclip.world.demo import DemoPreset
 from regionclip.world.rpn import evaluate_rpn, get_or_train_rpn
 from regionclip.world.student import (
-    CONCEPT_POOL_FILE, get_or_pretrain_student, proposal_pseudo_label_accuracy, student_concepts, student_run_dir,
+    CONCEPT_POOL_FILE, get_or_pretrain_student, proposal_pseudo_label_accuracies, student_concepts, student_run_dir,
 )
 from regionclip.world.teacher import evaluate_teacher, get_or_train_teacher
 from regionclip.world.zeroshot import zero_shot_ap50
@@ -60,10 +60,9 @@ def evaluate(model: RegionCLIP, rpn_model: RegionCLIP, world, val, pool: list[st
     result: dict[str, Any] = {
         "image_top1": report.image_top1, "region_top1": report.region_top1,
         "region_top1_by_split": report.region_top1_by_split,
-        "pseudo_labels": {
-            "pool": proposal_pseudo_label_accuracy(model, val, rpn_model, preset.templates, concepts=pool),
-            "names": proposal_pseudo_label_accuracy(model, val, rpn_model, preset.templates),
-        },
+        "pseudo_labels": proposal_pseudo_label_accuracies(
+            model, val, {"pool": pool, "names": None}, rpn_model, preset.templates
+        ),
         "ap50": zero_shot_ap50(model, world, "val", templates=preset.templates,
                                config=DetectionConfig(num_proposals=preset.ap50_proposals)),
     }

@@ -16,10 +16,10 @@ _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def autocast_dtype(precision: str, device: torch.device | str | None = None) -> torch.dtype | None:
     """The autocast dtype of ``precision`` (None for fp32): what the training engine's ``autocast`` takes. With a
-    ``device``, fp16 off CUDA is refused (as `autocast` does)."""
-    if device is not None and check_precision(precision) == "fp16" and torch.device(device).type != "cuda":
+    ``device``, fp16 off CUDA is refused."""
+    if check_precision(precision) == "fp16" and device is not None and torch.device(device).type != "cuda":
         raise ValueError(f"precision 'fp16' needs a CUDA device (got {torch.device(device).type}); use 'bf16' on CPU")
-    return _AUTOCAST_DTYPES.get(check_precision(precision))
+    return _AUTOCAST_DTYPES.get(precision)
 
 
 def check_precision(precision: str) -> str:
@@ -31,9 +31,5 @@ def check_precision(precision: str) -> str:
 
 def autocast(precision: str, device: torch.device | str) -> AbstractContextManager:
     """The autocast context of ``precision`` on ``device`` (nothing for fp32); fp16 on a CPU is refused."""
-    device_type = torch.device(device).type
-    if check_precision(precision) == "fp32":
-        return nullcontext()
-    if precision == "fp16" and device_type != "cuda":
-        raise ValueError(f"precision 'fp16' needs a CUDA device (the model is on {device_type}); use 'bf16' on CPU")
-    return torch.autocast(device_type, dtype=_AUTOCAST_DTYPES[precision])
+    dtype = autocast_dtype(precision, device)
+    return nullcontext() if dtype is None else torch.autocast(torch.device(device).type, dtype=dtype)

@@ -34,7 +34,7 @@ from .data import SplitData, load_split
 from .report import draw_figure, draw_loss_curves, render_report, tail_mean
 from .rpn import RPNTrainConfig, evaluate_rpn, get_or_train_rpn
 from .student import (
-    StudentPretrainConfig, TrainedStudent, get_or_pretrain_student, proposal_pseudo_label_accuracy, student_concepts,
+    StudentPretrainConfig, TrainedStudent, get_or_pretrain_student, proposal_pseudo_label_accuracies, student_concepts,
 )
 from .zeroshot import zero_shot_ap50
 from .teacher import TeacherReport, TeacherTrainConfig, TrainedTeacher, evaluate_teacher, get_or_train_teacher
@@ -202,7 +202,7 @@ def figure_image_indices(val: SplitData, count: int) -> list[int]:
     return sorted(chosen)[:count] or list(range(min(count, len(val))))
 
 
-COMPARISON_VERSION = "1"  # bump when `cached_comparison` measures differently (part of its cache key)
+COMPARISON_VERSION = "2"  # bump when `cached_comparison` measures differently (part of its cache key)
 
 
 def cached_comparison(
@@ -226,10 +226,8 @@ def cached_comparison(
     pseudo_labels, ap50 = {}, {}
     for name, model in ((first, teacher_model), ("student", student_model)):
         # top-1 over the pool the student trained with (what the losses saw) and over the category names
-        names = proposal_pseudo_label_accuracy(model, val, teacher_model, config.templates)
-        pseudo_labels[name] = {"names": names, "pool": names if config.student.concepts == "names" else
-                               proposal_pseudo_label_accuracy(model, val, teacher_model, config.templates,
-                                                              concepts=pool)}
+        pools = {"names": None, "pool": None if config.student.concepts == "names" else pool}
+        pseudo_labels[name] = proposal_pseudo_label_accuracies(model, val, pools, teacher_model, config.templates)
         ap50[name] = zero_shot_ap50(model, world, "val", templates=config.templates,
                                     config=DetectionConfig(num_proposals=config.ap50_proposals))
     figures = {

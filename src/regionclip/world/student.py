@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch.nn import functional as F
 from torchvision.ops import box_iou
 
 from ..api import RegionCLIP
@@ -208,6 +209,47 @@ def student_concepts(student: TrainedStudent, categories: list[dict[str, Any]]) 
 
 
 @torch.inference_mode()
+def proposal_pseudo_label_accuracies(
+    model: RegionCLIP,
+    data: SplitData,
+    pools: dict[str, Sequence[str] | None],
+    rpn_model: RegionCLIP | None = None,
+    templates: str = "ensemble",
+    num_proposals: int = 100,
+    iou_threshold: float = 0.5,
+) -> dict[str, dict[str, float | int]]:
+    """`pseudo_label_accuracy` of ``model``'s top-1 concept on the top ``num_proposals`` RPN proposals of each image,
+    for each named pool of ``pools`` (None: the split's category names); a concept counts as the category
+    `concept_categories` maps it to (none: a miss). The RPN is ``rpn_model``'s (default ``model``'s). Proposals and
+    region embeddings are computed once for all pools; top-1 is the highest cosine with the pool's text embeddings
+    (what `RegionCLIP.classify_regions` ranks by)."""
+    if data.images is None:
+        raise ValueError("evaluation needs decoded images")
+    rpn = (rpn_model or model).rpn
+    if rpn is None:
+        raise ValueError("pseudo-label accuracy needs a model with an RPN")
+    proposals = propose(rpn, data.images, num_proposals)
+    with_proposals = [i for i, p in enumerate(proposals) if len(p)]
+    regions = model.embed_regions(
+        [data.images[i] for i in with_proposals], [proposals[i] for i in with_proposals], batch_size=16
+    )
+    labels = [torch.as_tensor(l, dtype=torch.long) for l in data.labels]
+    boxes = [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for b in data.boxes]
+    results = {}
+    for name, concepts in pools.items():
+        if concepts is None:
+            vocabulary = Vocabulary.from_coco_categories(data.categories, source="synthetic-world")
+        else:
+            vocabulary = Vocabulary.from_names(list(concepts), source="concept-pool")
+        concept_ids = concept_categories(vocabulary.names, data.categories)
+        text = F.normalize(model.embed_vocabulary(vocabulary, templates, use_cache=False).float(), dim=-1)
+        predicted = [torch.zeros(0, dtype=torch.long) for _ in proposals]
+        for i, features in zip(with_proposals, regions):
+            predicted[i] = concept_ids[(features.float() @ text.T).argmax(dim=1)]
+        results[name] = pseudo_label_accuracy(proposals, predicted, boxes, labels, iou_threshold)
+    return results
+
+
 def proposal_pseudo_label_accuracy(
     model: RegionCLIP,
     data: SplitData,
@@ -217,29 +259,6 @@ def proposal_pseudo_label_accuracy(
     iou_threshold: float = 0.5,
     concepts: Sequence[str] | None = None,
 ) -> dict[str, float | int]:
-    """`pseudo_label_accuracy` of ``model``'s top-1 concept on the top ``num_proposals`` RPN proposals of each image;
-    the RPN is ``rpn_model``'s (default ``model``'s). ``concepts``: the pool to name regions from (default: the
-    split's category names); a concept counts as the category `concept_categories` maps it to (none: a miss)."""
-    if data.images is None:
-        raise ValueError("evaluation needs decoded images")
-    rpn = (rpn_model or model).rpn
-    if rpn is None:
-        raise ValueError("pseudo-label accuracy needs a model with an RPN")
-    proposals = propose(rpn, data.images, num_proposals)
-    if concepts is None:
-        vocabulary = Vocabulary.from_coco_categories(data.categories, source="synthetic-world")
-    else:
-        vocabulary = Vocabulary.from_names(list(concepts), source="concept-pool")
-    concept_ids = concept_categories(vocabulary.names, data.categories)
-    embeddings = model.embed_vocabulary(vocabulary, templates, use_cache=False)
-    with_proposals = [i for i, p in enumerate(proposals) if len(p)]
-    predictions = model.classify_regions(
-        [data.images[i] for i in with_proposals], [proposals[i] for i in with_proposals], vocabulary, top_k=1,
-        class_embeddings=embeddings, batch_size=16,
-    )
-    predicted = [torch.zeros(0, dtype=torch.long) for _ in proposals]
-    for i, prediction in zip(with_proposals, predictions):
-        predicted[i] = concept_ids[torch.from_numpy(prediction.labels)[:, 0].long()]
-    labels = [torch.as_tensor(l, dtype=torch.long) for l in data.labels]
-    boxes = [torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4) for b in data.boxes]
-    return pseudo_label_accuracy(proposals, predicted, boxes, labels, iou_threshold)
+    """`proposal_pseudo_label_accuracies` for one pool, ``concepts`` (default: the split's category names)."""
+    pools = {"pool": concepts}
+    return proposal_pseudo_label_accuracies(model, data, pools, rpn_model, templates, num_proposals, iou_threshold)["pool"]
