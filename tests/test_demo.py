@@ -144,9 +144,12 @@ def test_student_row_recomputes_from_saved_student(demo_run):
                                                       teacher.trunk.state_dict().values()))
     val = load_split(World.open(summary["world"]["root"]), "val", progress=False)
     templates = summary["preset"]["templates"]
-    recomputed = evaluate_teacher(student, val, templates=templates).to_dict()
+    recomputed = evaluate_teacher(student, val, templates=templates).to_dict()  # fp32, as the teacher's row
     for key in ("image_top1", "region_top1", "region_top3", "region_top1_by_split", "num_regions"):
         assert recomputed[key] == summary["student"][key]
+    # pseudo-labels and AP50 were computed under the preset's evaluation precision (bf16 in tiny, as in default)
+    assert summary["preset"]["evaluation_precision"] == "bf16"
+    student.precision = teacher.precision = "bf16"
     pseudo = student_training.proposal_pseudo_label_accuracy(student, val, teacher, templates)
     assert pseudo == summary["pseudo_labels"]["student"]["names"]
     assert summary["pseudo_labels"]["tiny"]["names"]["matched"] == pseudo["matched"] > 0  # same RPN proposals
@@ -225,6 +228,12 @@ def test_presets_round_trip_and_validate(tmp_path):
         DemoPreset.from_dict({**DemoPreset.tiny().to_dict(), "typo": 1})
     with pytest.raises(ValueError):
         DemoPreset.from_dict({**DemoPreset.tiny().to_dict(), "detection": {"max_detections": 0}})
+    with pytest.raises(ValueError, match="precision must be one of"):
+        DemoPreset.from_dict({**DemoPreset.tiny().to_dict(), "evaluation_precision": "int8"})
+    with pytest.raises(ValueError, match="precision must be one of"):
+        DemoPreset.from_dict({**DemoPreset.tiny().to_dict(), "student": {"precision": "half"}})
+    # the YAML file `make demo` users copy is the default preset
+    assert DemoPreset.load(Path(__file__).parents[1] / "configs" / "demo_default.yaml") == DemoPreset.default()
 
 
 def test_default_preset_cache_keys_are_pinned(tmp_path):
@@ -233,17 +242,24 @@ def test_default_preset_cache_keys_are_pinned(tmp_path):
     preset = DemoPreset.default()
     world_hash = preset.world.hash()
     assert world_hash == "2f99433beb712b44"
-    assert preset.teachers[0].cache_key(world_hash) == "3ac0a5e36b1d90cb"
+    assert preset.teachers[0].cache_key(world_hash) == "23bc515b5c28c290"
     assert preset.rpn.cache_key(preset.world) == "baf5523fc1e3fddb"
     world = SimpleNamespace(config=preset.world)
-    assert teacher_training.teacher_run_dir(tmp_path, world, preset.teachers[0]).name == "teacher-tiny-3ac0a5e36b1d90cb"
+    assert teacher_training.teacher_run_dir(tmp_path, world, preset.teachers[0]).name == "teacher-tiny-23bc515b5c28c290"
     assert rpn_training.rpn_run_dir(tmp_path, world, preset.rpn).name == "rpn-baf5523fc1e3fddb"
-    assert preset.student.cache_key("teacher-tiny-3ac0a5e36b1d90cb", "rpn-baf5523fc1e3fddb", world_hash) == (
-        "dba6c637e2430eed"
-    )
-    # the first recipe (category names as concepts) keeps the key of its cached student
-    names = dataclasses.replace(preset.student, concepts="names")
-    assert names.cache_key("teacher-tiny-3ac0a5e36b1d90cb", "rpn-baf5523fc1e3fddb", world_hash) == "59b8680a31582624"
+    teacher, rpn = "teacher-tiny-23bc515b5c28c290", "rpn-baf5523fc1e3fddb"
+    assert preset.student.cache_key(teacher, rpn, world_hash) == "a1da2ba1c8d8742a"
+    assert preset.transfer.cache_key("student", 0.5, "student-a1da2ba1c8d8742a", rpn, world_hash) == "b6110e437f895ce3"
+    # the earlier default (3000-step teacher, everything fp32) and the first recipe (category names as concepts)
+    # keep the keys of their cached runs: an fp32 `precision` is left out of every key
+    earlier_teacher = dataclasses.replace(preset.teachers[0], steps=3000, precision="fp32")
+    assert earlier_teacher.cache_key(world_hash) == "3ac0a5e36b1d90cb"
+    earlier_student = dataclasses.replace(preset.student, precision="fp32")
+    assert earlier_student.cache_key("teacher-tiny-3ac0a5e36b1d90cb", rpn, world_hash) == "dba6c637e2430eed"
+    names = dataclasses.replace(earlier_student, concepts="names")
+    assert names.cache_key("teacher-tiny-3ac0a5e36b1d90cb", rpn, world_hash) == "59b8680a31582624"
+    earlier_transfer = dataclasses.replace(preset.transfer, precision="fp32")
+    assert earlier_transfer.cache_key("student", 0.5, "student-dba6c637e2430eed", rpn, world_hash) == "076485bfe3ca12e3"
 
 
 def test_choose_threads(monkeypatch):
@@ -333,6 +349,12 @@ def test_transfer_config_runs_keys_and_errors():
     assert TransferConfig(focal_gammas=(None, 0.5)).cache_key("student", 0.5, "init", "rpn", "world") == key
     assert TransferConfig(steps=TransferConfig().steps + 1).cache_key("student", 0.5, "init", "rpn", "world") != key
     assert config.cache_key("student", 0.5, "init", "other-rpn", "world") != key
+    bf16 = TransferConfig(precision="bf16")
+    assert bf16.cache_key("student", 0.5, "init", "rpn", "world") != TransferConfig().cache_key(
+        "student", 0.5, "init", "rpn", "world")
+    assert bf16.finetune_config("init", "annotations", "images", "out", 0.5).precision == "bf16"
+    student = DemoPreset.default().student
+    assert student.precision == "bf16" and student.pretrain_config("init", "pool", {}, "out").precision == "bf16"
     with pytest.raises(ValueError, match="initialisations"):
         TransferConfig(initialisations=("clip",))
     with pytest.raises(ValueError, match="focal_gammas"):

@@ -28,7 +28,7 @@ from ..engine.loop import TrainingRun
 from ..config import ConfigBase
 from ..pretrain import STUDENT_FILE, PretrainConfig, pretrain
 from ..synthetic import World
-from ..text.concepts import build_concept_pool, count_concepts, read_captions, write_concept_pool
+from ..text.concepts import build_concept_pool, count_concepts, load_spacy_pipeline, read_captions, write_concept_pool
 from ..text.vocabulary import Vocabulary
 from .data import SplitData
 from .rpn import TrainedRPN, propose
@@ -36,6 +36,7 @@ from .teacher import TrainedTeacher
 
 CONCEPT_SOURCES = ("captions", "names")
 CONCEPT_POOL_FILE = "concepts.txt"
+PSEUDO_LABEL_PROPOSALS = 100  # top RPN proposals per image scored for pseudo-label accuracy
 PRETRAINER_VERSION = "1"  # bump when the recipe changes what a given config produces (part of the cache key)
 
 
@@ -60,6 +61,7 @@ class StudentPretrainConfig(ConfigBase):
     concept_min_count: int = 5
     global_box: str = "padded"
     losses: dict[str, float] = field(default_factory=dict)  # RegionTextLossConfig overrides (e.g. a weight of 0)
+    precision: str = "fp32"  # "bf16": forward passes under autocast (CPU AMX / AVX-512-BF16, GPUs), weights fp32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
@@ -79,13 +81,13 @@ class StudentPretrainConfig(ConfigBase):
             cache_dir=cache_dir, min_size=None, regions_per_image=self.regions_per_image, rpn_top_k=self.rpn_top_k,
             steps=self.steps, batch_size=self.batch_size, lr=self.lr, milestones=list(self.milestones),
             warmup_steps=min(self.warmup_steps, self.steps), seed=self.seed, checkpoint_every=self.checkpoint_every,
-            global_box=self.global_box, losses=dict(self.losses),
+            global_box=self.global_box, losses=dict(self.losses), precision=self.precision,
         )
 
     def cache_key(self, teacher_run: str, rpn_run: str, world_hash: str) -> str:
         """16 hex digits over this config (``checkpoint_every`` aside), the teacher and RPN runs and the world.
         Fields left at the values of the first (category-names) recipe stay out, so its cached runs keep their key."""
-        first_recipe = {"concepts": "names", "global_box": "padded", "losses": {}}
+        first_recipe = {"concepts": "names", "global_box": "padded", "losses": {}, "precision": "fp32"}
         training = {k: v for k, v in self.to_dict().items() if k != "checkpoint_every"}
         training = {k: v for k, v in training.items() if k not in first_recipe or v != first_recipe[k]}
         if self.concepts == "names":
@@ -132,6 +134,7 @@ def concept_categories(concepts: Sequence[str], categories: list[dict[str, Any]]
     for category in categories:
         terms.setdefault(category["name"], int(category["id"]))
     if any(name not in terms for name in concepts):
+        nlp = nlp if nlp is not None else load_spacy_pipeline()  # once: loading it costs ~0.5 s
         for category in categories:
             words = dict.fromkeys([category["name"], *category.get("synonyms", ()), category.get("plural", "")])
             for concept in count_concepts([w for w in words if w], nlp=nlp):
@@ -215,20 +218,23 @@ def proposal_pseudo_label_accuracies(
     pools: dict[str, Sequence[str] | None],
     rpn_model: RegionCLIP | None = None,
     templates: str = "ensemble",
-    num_proposals: int = 100,
+    num_proposals: int = PSEUDO_LABEL_PROPOSALS,
     iou_threshold: float = 0.5,
+    proposals: Sequence[torch.Tensor] | None = None,
 ) -> dict[str, dict[str, float | int]]:
     """`pseudo_label_accuracy` of ``model``'s top-1 concept on the top ``num_proposals`` RPN proposals of each image,
     for each named pool of ``pools`` (None: the split's category names); a concept counts as the category
-    `concept_categories` maps it to (none: a miss). The RPN is ``rpn_model``'s (default ``model``'s). Proposals and
-    region embeddings are computed once for all pools; top-1 is the highest cosine with the pool's text embeddings
-    (what `RegionCLIP.classify_regions` ranks by)."""
+    `concept_categories` maps it to (none: a miss). The RPN is ``rpn_model``'s (default ``model``'s); ``proposals``
+    (per image, e.g. from an earlier call's `propose`) replace it. Proposals and region embeddings are computed
+    once for all pools; top-1 is the highest cosine with the pool's text embeddings (what
+    `RegionCLIP.classify_regions` ranks by)."""
     if data.images is None:
         raise ValueError("evaluation needs decoded images")
-    rpn = (rpn_model or model).rpn
-    if rpn is None:
-        raise ValueError("pseudo-label accuracy needs a model with an RPN")
-    proposals = propose(rpn, data.images, num_proposals)
+    if proposals is None:
+        rpn = (rpn_model or model).rpn
+        if rpn is None:
+            raise ValueError("pseudo-label accuracy needs a model with an RPN")
+        proposals = propose(rpn, data.images, num_proposals)
     with_proposals = [i for i, p in enumerate(proposals) if len(p)]
     regions = model.embed_regions(
         [data.images[i] for i in with_proposals], [proposals[i] for i in with_proposals], batch_size=16
@@ -255,7 +261,7 @@ def proposal_pseudo_label_accuracy(
     data: SplitData,
     rpn_model: RegionCLIP | None = None,
     templates: str = "ensemble",
-    num_proposals: int = 100,
+    num_proposals: int = PSEUDO_LABEL_PROPOSALS,
     iou_threshold: float = 0.5,
     concepts: Sequence[str] | None = None,
 ) -> dict[str, float | int]:

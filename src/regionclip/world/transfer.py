@@ -59,6 +59,7 @@ class TransferConfig(ConfigBase):
     flip: bool = True
     eval_proposals: int = 100  # RPN proposals per validation image (the official test uses 1000 on COCO)
     eval_soft_nms: bool = False  # official: soft-NMS; hard NMS gives the same AP50 here at a quarter of the time
+    precision: str = "fp32"  # "bf16": fine-tuning forward passes under autocast, weights fp32 (evaluation stays fp32)
     seed: int = 0
     checkpoint_every: int = 100
 
@@ -91,7 +92,7 @@ class TransferConfig(ConfigBase):
             steps=self.steps, batch_size=self.batch_size, lr=self.lr, milestones=list(self.milestones),
             warmup_steps=min(self.warmup_steps, self.steps), train_min_sizes=list(self.train_min_sizes),
             train_max_size=self.train_max_size, flip=self.flip, seed=self.seed,
-            checkpoint_every=self.checkpoint_every,
+            checkpoint_every=self.checkpoint_every, precision=self.precision,
             roi_heads=RoIHeadConfig(batch_size_per_image=self.rois_per_image, background_weight=self.background_weight,
                                     focal_gamma=focal_gamma),
         )
@@ -101,6 +102,8 @@ class TransferConfig(ConfigBase):
         """16 hex digits over one run's settings (``checkpoint_every`` aside), its init and RPN runs and the world."""
         training = {k: v for k, v in self.to_dict().items()
                     if k not in ("checkpoint_every", "initialisations", "focal_gammas")}
+        if training["precision"] == "fp32":  # runs from before the field keep their keys
+            del training["precision"]
         payload = {"transfer": TRANSFER_VERSION, "training": training, "initialisation": initialisation,
                    "focal_gamma": focal_gamma, "init_run": init_run, "rpn": rpn_run, "world": world_hash}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
