@@ -171,29 +171,24 @@ elif spec["task"] == "time":
             model([item])
             seconds.append(time.perf_counter() - start)
     report["seconds_per_image"] = seconds
-else:  # check: proposals, region features and final detections, for comparison with regionclip
+else:  # check: proposals, region features and final detections of one forward, captured by forward hooks
+    captured = {}
+    model.backbone.attnpool.register_forward_hook(lambda module, args, output: captured.update(features=output))
+    if mode == "rpn":
+        model.offline_proposal_generator.register_forward_hook(
+            lambda module, args, output: captured.update(proposals=output[0][0]))
     saved = {}
     with torch.no_grad():
         for index in range(len(spec["images"])):
-            batch = [inputs(index)]
-            outputs = model(batch)[0]["instances"]
+            outputs = model([inputs(index)])[0]["instances"]
             saved[f"{index}.boxes"] = outputs.pred_boxes.tensor
             saved[f"{index}.scores"] = outputs.scores
             saved[f"{index}.classes"] = outputs.pred_classes
-            images = model.preprocess_image(batch)
-            features = model.backbone(images.tensor)
+            saved[f"{index}.region_features"] = captured["features"]
             if mode == "rpn":
-                offline = model.offline_preprocess_image(batch)
-                proposals, _ = model.offline_proposal_generator(offline, model.offline_backbone(offline.tensor), None)
-                boxes = proposals[0].proposal_boxes
-                saved[f"{index}.proposals"] = boxes.tensor
-                saved[f"{index}.objectness"] = proposals[0].objectness_logits
-            else:
-                boxes = batch[0]["instances"].gt_boxes
-            regions = model.roi_heads._shared_roi_transform(
-                [features[f] for f in model.roi_heads.in_features], [boxes], model.backbone.layer4)
-            saved[f"{index}.region_features"] = model.backbone.attnpool(regions)
-    torch.save(saved, spec["out"])
+                saved[f"{index}.proposals"] = captured["proposals"].proposal_boxes.tensor
+                saved[f"{index}.objectness"] = captured["proposals"].objectness_logits
+    torch.save({key: value.clone() for key, value in saved.items()}, spec["out"])  # clones: not whole storages
 print(json.dumps(report))
 '''
 
@@ -242,7 +237,9 @@ def prepare_inputs(work: Path, gt_boxes: int) -> dict[str, object]:
 
 
 def text_names(count: int) -> list[str]:
-    return list(Vocabulary.preset("lvis").names[:count])
+    """The first ``count`` LVIS names as both sides put them into the templates (cleaned: the official loop takes
+    names as given, its LVIS files hold them cleaned)."""
+    return list(Vocabulary.preset("lvis").prompt_names[:count])
 
 
 # ---- our side, run in a process of its own (--worker) -------------------------------------------------------

@@ -32,6 +32,14 @@ class ImageDetections(NamedTuple):
     extras: dict[str, torch.Tensor]
 
 
+def indices_by_size(prepared: Sequence[PreparedImage]) -> dict[tuple[int, int], list[int]]:
+    """Positions of the images of each (height, width), sizes in order of first appearance."""
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(prepared):
+        by_size.setdefault(image.size, []).append(index)
+    return by_size
+
+
 class RegionCLIPModel(nn.Module):
     """CLIP's visual tower applied to regions (trunk → RoIAlign → res5 + attention pool), CLIP's text tower for
     vocabularies, and the zero-shot classifier. Parts are swappable attributes: ``trunk``, ``pooler``, ``head``,
@@ -138,9 +146,7 @@ class RegionCLIPModel(nn.Module):
         regions of every image of the call, not one image size at a time (fewer, fuller head calls); a positive
         ``sampling_ratio`` replaces RoIAlign's adaptive sampling (`RoIPooler.pool`).
         """
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for index, image in enumerate(prepared):
-            by_size.setdefault(image.size, []).append(index)
+        by_size = indices_by_size(prepared)
         # every region as (size group, row of its roi among the group's): the order of the outputs
         features, rois, regions = [], [], []
         for group, indices in enumerate(by_size.values()):
@@ -184,19 +190,28 @@ class RegionCLIPModel(nn.Module):
             return self.head(pooled).float()
 
     # ---- proposals and detection -------------------------------------------------------------------
-    def propose(self, prepared: Sequence[PreparedImage], nms_threshold: float, num_proposals: int) -> list[Proposals]:
+    def propose(
+        self, prepared: Sequence[PreparedImage], nms_threshold: float, num_proposals: int, pad_together: bool = False
+    ) -> list[Proposals]:
         """The RPN's proposals (input frame, float32, on the model's device): NMS at ``nms_threshold``, at most
-        ``num_proposals`` per image. The offline RPN always runs with its test-time settings, in training too."""
+        ``num_proposals`` per image. The offline RPN always runs with its test-time settings, in training too.
+
+        Images of one size share an RPN batch; different sizes run separately, as the official evaluation runs one
+        image at a time (padded to a larger image, an image's FPN features and so its proposals would change).
+        ``pad_together`` pads all of them into one batch instead, as the official trainers do."""
         if self.rpn is None:
             raise ValueError(
                 "no RPN for proposals: attach one (model.rpn or from_pretrained(..., rpn=...)) or pass boxes / proposals"
             )
         self.rpn.eval()
+        groups = [list(range(len(prepared)))] if pad_together else list(indices_by_size(prepared).values())
+        found: list[Proposals] = [None] * len(prepared)  # type: ignore[list-item]
         with self.autocast():
-            found = self.rpn(
-                [p.pixels for p in prepared], nms_thresh=nms_threshold, post_nms_topk=num_proposals
-            )
-        return [p.to(self.device, torch.float32) for p in found]
+            for indices in groups:
+                batch = self.rpn([prepared[i].pixels for i in indices], nms_thresh=nms_threshold, post_nms_topk=num_proposals)
+                for i, proposals in zip(indices, batch):
+                    found[i] = proposals.to(self.device, torch.float32)
+        return found
 
     def refine_boxes(self, features: torch.Tensor, boxes: torch.Tensor, image: PreparedImage) -> torch.Tensor:
         """The boxes detections are reported with, from the region features and the input-frame boxes they were
