@@ -38,6 +38,11 @@ def load(values: list[float]) -> str:
     return "/".join(f"{v:.2f}" for v in values)
 
 
+COMPARISON_HEADER = (
+    "| | official | " + " | ".join(title for _, title in COLUMNS) + " | official ÷ ours ("
+    + " / ".join(title for _, title in COLUMNS) + ") |",
+    "|---|---|" + "---|" * len(COLUMNS) + "---|",
+)
 SIDE_BY_SIDE_ROWS = (
     ("rpn", "`detect`, RPN mode (1000 proposals), s/image"),
     ("gt", "`detect`, GT boxes ({boxes} per image), s/image"),
@@ -62,9 +67,7 @@ def side_by_side_section(report: dict) -> list[str]:
         f"{load(loads['after']) if loads['after'] else '—'} after. Seconds: median over the pairs; ratio = official "
         "÷ ours per pair, median (min–max) (above 1: faster than the official).",
         "",
-        "| | official | " + " | ".join(title for _, title in COLUMNS) + " | official ÷ ours ("
-        + " / ".join(title for _, title in COLUMNS) + ") |",
-        "|---|---|" + "---|" * len(COLUMNS) + "---|",
+        *COMPARISON_HEADER,
     ]
     for mode, title in SIDE_BY_SIDE_ROWS:
         if mode not in summary:
@@ -109,9 +112,7 @@ def inference_section(report: dict, side_by_side: dict | None = None) -> list[st
         "**another** 2-core machine (fp32, 2 threads), so the ratios mix two CPUs. Ratio = official ÷ ours (above 1: "
         "faster than the official).",
         "",
-        "| | official | " + " | ".join(title for _, title in COLUMNS) + " | official ÷ ours ("
-        + " / ".join(title for _, title in COLUMNS) + ") |",
-        "|---|---|" + "---|" * len(COLUMNS) + "---|",
+        *COMPARISON_HEADER,
     ]
     for key, title in ROWS:
         row = report["comparison_with_official"][key]
