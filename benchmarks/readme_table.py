@@ -38,19 +38,81 @@ def load(values: list[float]) -> str:
     return "/".join(f"{v:.2f}" for v in values)
 
 
-def inference_section(report: dict) -> list[str]:
+COMPARISON_HEADER = (
+    "| | official | " + " | ".join(title for _, title in COLUMNS) + " | official ÷ ours ("
+    + " / ".join(title for _, title in COLUMNS) + ") |",
+    "|---|---|" + "---|" * len(COLUMNS) + "---|",
+)
+SIDE_BY_SIDE_ROWS = (
+    ("rpn", "`detect`, RPN mode (1000 proposals), s/image"),
+    ("gt", "`detect`, GT boxes ({boxes} per image), s/image"),
+    ("text", "text, s per 1000 prompts"),
+)
+
+
+def side_by_side_section(report: dict) -> list[str]:
+    """The comparison table from ``benchmarks/official_side_by_side.py``: official and ours measured on this machine
+    in alternating processes; ratios per pair, median (min–max)."""
+    setup, loads, summary = report["setup"], report["load_average_1_5_15_min"], report["summary"]
+    sizes = " and ".join(f"{h}×{w}" for h, w in setup["images"])
+    pairs = max(len(row["official"]["values"]) for row in summary.values())
+    commit = (setup["official_git_head"] or "unknown")[:7]
+    lines = [
+        "Official column: **measured on this machine**, side by side (`benchmarks/official_side_by_side.py`, "
+        f"`benchmarks/results/official_side_by_side_cpu.json`): microsoft/RegionCLIP {commit} and this library on the "
+        f"same generated weights (official checkpoint layout), noise images {sizes}, {setup['vocabulary']}-name "
+        f"vocabulary, fp32 official vs ours; CPU ({setup['cpu']}), torch threads: {setup['threads']}, torch "
+        f"{setup['ours_torch']} on both sides; {pairs} alternating pairs of processes per mode, each timing all images "
+        f"once after a warm-up. Load average (1/5/15 min) {load(loads['before'])} before, "
+        f"{load(loads['after']) if loads['after'] else '—'} after. Seconds: median over the pairs; ratio = official "
+        "÷ ours per pair, median (min–max) (above 1: faster than the official).",
+        "",
+        *COMPARISON_HEADER,
+    ]
+    for mode, title in SIDE_BY_SIDE_ROWS:
+        if mode not in summary:
+            continue
+        row = summary[mode]
+        ours = {"exact": "fp32", "fast": "bf16"} if mode == "text" else {name: name for name, _ in COLUMNS}
+        cells, ratios = [], []
+        for name, _ in COLUMNS:
+            key = ours.get(name, name)
+            if key in row["ours"]:
+                spread = row["official_over_ours"][key]
+                cells.append(f"{row['ours'][key]['median']:.2f}")
+                ratios.append(f"{spread['median']:.2f}× ({spread['min']:.2f}–{spread['max']:.2f})")
+            else:
+                cells.append("—")
+                ratios.append("—")
+        lines.append(f"| {title.format(boxes=setup['gt_boxes_per_image'])} | {row['official']['median']:.2f} | "
+                     + " | ".join(cells) + " | " + " / ".join(ratios) + " |")
+    if "text" in summary:
+        lines += ["", "Text: official = its concept-embedding loop (one name at a time, 81 templates, all 77 "
+                      "positions); ours = `embed_names` (no cache); `fast` encodes text in bf16."]
+    return lines
+
+
+def inference_section(report: dict, side_by_side: dict | None = None) -> list[str]:
     setup, loads = report["setup"], report["load_average_1_5_15_min"]
     sizes = " and ".join(f"{h}×{w}" for h, w in setup["images"])
+    if side_by_side is not None:
+        lines = side_by_side_section(side_by_side) + [
+            "",
+            f"The rest from `benchmarks/results/zeroshot_inference_cpu.json` (ours only): CPU ({setup['cpu']}), torch "
+            f"threads: {setup['threads']}, torch {setup['torch']}; {setup['model']}, {setup['rpn']}; noise images "
+            f"{sizes}, median of {setup['repeats']} after a warm-up. Load average (1/5/15 min) "
+            f"{load(loads['before'])} before, {load(loads['after'])} after.",
+        ]
+        return lines + details_section(report)
     lines = [
         f"CPU ({setup['cpu']}), torch threads: {setup['threads']}, torch {setup['torch']}; {setup['model']}, "
         f"{setup['rpn']}; noise images {sizes}, {setup['vocabulary']}-name vocabulary, median of "
         f"{setup['repeats']} after a warm-up. Load average (1/5/15 min) {load(loads['before'])} before, "
-        f"{load(loads['after'])} after. Official figures: issue 13, measured side by side on a 2-core machine "
-        "(fp32, 2 threads). Ratio = official ÷ ours (above 1: faster than the official).",
+        f"{load(loads['after'])} after. Official column: the figures quoted in issue 13, measured side by side on "
+        "**another** 2-core machine (fp32, 2 threads), so the ratios mix two CPUs. Ratio = official ÷ ours (above 1: "
+        "faster than the official).",
         "",
-        "| | official | " + " | ".join(title for _, title in COLUMNS) + " | official ÷ ours ("
-        + " / ".join(title for _, title in COLUMNS) + ") |",
-        "|---|---|" + "---|" * len(COLUMNS) + "---|",
+        *COMPARISON_HEADER,
     ]
     for key, title in ROWS:
         row = report["comparison_with_official"][key]
@@ -59,7 +121,13 @@ def inference_section(report: dict) -> list[str]:
         ours = [f"{row['ours'][name]:.2f}" if name in row["ours"] else "—" for name, _ in COLUMNS]
         ratios = [ratio(row["official_over_ours"][name]) if name in row["ours"] else "—" for name, _ in COLUMNS]
         lines.append(f"| {title} | {official_text} | " + " | ".join(ours) + " | " + " / ".join(ratios) + " |")
+    return lines + details_section(report)
 
+
+def details_section(report: dict) -> list[str]:
+    """The fast-preset knobs, the per-stage line and the text line of ``benchmarks/zeroshot_inference.py``."""
+    setup = report["setup"]
+    lines: list[str] = []
     detect = report["detect_rpn_mode"]
     knobs = [(name, title) for name, title in KNOBS if name in detect["s_per_image"]]
     lines += [
@@ -87,8 +155,9 @@ def inference_section(report: dict) -> list[str]:
     lines += ["", f"Per stage, s/image ({setup['proposals']} random boxes on the first image): " + "; ".join(
         f"{stage.removesuffix('_s')} {stages['fp32'][stage]:.2f} → {stages['bf16'][stage]:.2f}"
         for stage in stages["fp32"] if stage not in ("total_s", "trunk_under_autocast_s")
-    ) + f" (fp32 → bf16; the trunk stays fp32, under bf16 autocast it would take "
-      f"{stages['bf16']['trunk_under_autocast_s']:.2f} s). Measured matmul rate of this CPU: " + ", ".join(
+    ) + (f" (fp32 → bf16; the trunk stays fp32, under bf16 autocast it would take "
+         f"{stages['bf16']['trunk_under_autocast_s']:.2f} s)" if "trunk_under_autocast_s" in stages["bf16"]
+         else " (fp32 → bf16 autocast; RoIAlign stays fp32)") + ". Measured matmul rate of this CPU: " + ", ".join(
         f"{precision} {gemm[precision]:.0f} GFLOP/s (region head reaches "
         f"{head[precision]['fraction_of_measured_matmul_rate']:.0%})" for precision in ("fp32", "bf16")
     ) + f"; folding the BatchNorms makes the fp32 head {report['region_head_speedup_from_folding']:.2f}× faster."]
@@ -136,8 +205,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inference", type=Path, help="json of benchmarks/zeroshot_inference.py")
     parser.add_argument("--world", type=Path, help="json of benchmarks/world_precision.py")
+    parser.add_argument("--official", type=Path,
+                        help="json of benchmarks/official_side_by_side.py: the official column measured on this "
+                             "machine, instead of the issue-13 figures from another machine")
     args = parser.parse_args()
-    lines = inference_section(json.loads(args.inference.read_text()))
+    side_by_side = json.loads(args.official.read_text()) if args.official is not None else None
+    lines = inference_section(json.loads(args.inference.read_text()), side_by_side)
     if args.world is not None:
         lines += [""] + world_section(json.loads(args.world.read_text()))
     print("\n".join(lines))

@@ -10,6 +10,9 @@
    a teacher trained ``--train-steps`` steps each way, compared on the figures the demo reports (image top-1, GT-box
    top-1, AP50), so a faster schedule is not bought with accuracy.
 
+``--skip PART ... --keep-skipped-from EARLIER.json`` re-runs the other parts and copies the skipped ones from an
+earlier result, recorded under ``kept_from_earlier_run`` (file, git commit, that run's threads and load average).
+
 Models come from the demo cache (``$REGIONCLIP_CACHE`` or ``~/.cache/regionclip``): the default preset's world,
 teacher, RPN and student are trained there first if missing.
 """
@@ -20,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -86,6 +90,26 @@ def training_speed(data: Any, config: Any, steps: int, rounds: int) -> dict[str,
             "bf16_speedup": best["fp32"] / best["bf16"], "batch_size": config.batch_size}
 
 
+# result keys of each --skip part
+PART_KEYS = {"inference": "inference", "speed": "training_speed", "trained": "trained_teachers"}
+
+
+def kept_parts(path: Path, parts: list[str]) -> dict[str, Any]:
+    """The ``parts`` of an earlier result file, with where they come from: the file, the last git commit that wrote
+    it (if it is tracked and unchanged since) and that run's threads and load average."""
+    earlier = json.loads(path.read_text())
+    missing = [part for part in parts if PART_KEYS[part] not in earlier]
+    if missing:
+        raise SystemExit(f"{path} has no {', '.join(missing)} part to keep")
+    commit = subprocess.run(["git", "log", "-1", "--format=%H", "--", str(path.resolve())], capture_output=True, text=True,
+                            cwd=path.resolve().parent).stdout.strip()
+    changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", str(path.resolve())], cwd=path.resolve().parent).returncode
+    provenance = {"file": str(path), "git_commit": commit if commit and changed == 0 else None,
+                  "threads": earlier.get("threads"), "load_before": earlier.get("load_before"),
+                  "load_after": earlier.get("load_after"), "parts": {part: PART_KEYS[part] for part in parts}}
+    return {PART_KEYS[part]: earlier[PART_KEYS[part]] for part in parts} | {"kept_from_earlier_run": provenance}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -93,12 +117,17 @@ def main() -> None:
     parser.add_argument("--speed-steps", type=int, default=20)
     parser.add_argument("--speed-rounds", type=int, default=2)
     parser.add_argument("--skip", nargs="*", default=[], choices=["inference", "speed", "trained"])
+    parser.add_argument("--keep-skipped-from", type=Path,
+                        help="an earlier json of this script: the parts named in --skip are copied from it, and the "
+                             "json records which file, git commit and load average they come from")
     parser.add_argument("--out", type=Path, default=Path("bench_output/world_precision.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     preset = DemoPreset.default()
     cache = default_cache_dir()
     result: dict[str, Any] = {"threads": args.threads, "load_before": list(os.getloadavg())}
+    if args.keep_skipped_from is not None:
+        result.update(kept_parts(args.keep_skipped_from, args.skip))
 
     def save() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -106,14 +106,11 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 def stage_times(model: RegionCLIP, pixels: torch.Tensor, boxes: torch.Tensor, weights: torch.Tensor,
                 repeats: int, precision: str) -> dict[str, float]:
-    """Seconds per stage on one image as the library runs them under ``precision``: the trunk and RoIAlign in fp32
-    (the trunk channels_last off fp32), the region head, classifier and RPN under autocast. Off fp32 also
-    ``trunk_under_autocast_s``, the trunk under autocast too (not what the library does: outside the total)."""
-    with torch.inference_mode():
+    """Seconds per stage on one image as the library runs them under ``precision``: RoIAlign in fp32, the trunk
+    (channels_last off fp32), region head, classifier and RPN under autocast."""
+    with torch.inference_mode(), model.using_precision(precision):
         batch = model.normalize(pixels)[None]
-        if precision != "fp32":
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        t_trunk, res4 = timed(lambda: model.trunk(batch), repeats)
+        t_trunk, res4 = timed(lambda: model._run_trunk(batch), repeats)
         t_pool, pooled = timed(
             lambda: model.pooler(res4, [boxes]).contiguous(memory_format=torch.channels_last), repeats
         )
@@ -127,9 +124,6 @@ def stage_times(model: RegionCLIP, pixels: torch.Tensor, boxes: torch.Tensor, we
                     lambda: model.rpn([pixels], nms_thresh=0.9, post_nms_topk=len(boxes)), repeats
                 )[0]
         times["total_s"] = sum(times.values())
-        if precision != "fp32":
-            with autocast(precision, "cpu"):
-                times["trunk_under_autocast_s"] = timed(lambda: model.trunk(batch), repeats)[0]
     return times
 
 
@@ -410,7 +404,6 @@ def main() -> None:
         "bf16_speedup_per_stage": {
             name: stages["fp32"][name] / stages["bf16"][name] for name in stages["fp32"] if stages["bf16"][name] > 0
         },
-        "trunk_speedup_if_under_bf16_autocast": stages["fp32"]["trunk_s"] / stages["bf16"]["trunk_under_autocast_s"],
         "region_head_fp32_unfolded_batchnorm_s": unfolded_head_s,
         "region_head_speedup_from_folding": unfolded_head_s / stages["fp32"]["region_head_s"],
         "region_head_vs_matmul_rate": head_fraction,

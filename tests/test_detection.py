@@ -182,3 +182,18 @@ def test_cli_detect_draws_labelled_boxes_on_a_real_photo(tmp_path, make_model_wi
     drawn = np.asarray(Image.open(tmp_path / "drawn" / "astronaut.png").convert("RGB")).astype(int)
     original = np.asarray(Image.open(photo).convert("RGB").resize((drawn.shape[1], drawn.shape[0]))).astype(int)
     assert (np.abs(drawn - original).sum(axis=2) > 60).mean() > 0.005  # boxes and label boxes were drawn
+
+
+def test_proposals_of_an_image_do_not_depend_on_the_images_it_is_detected_with(make_model_with_rpn):
+    """The official evaluation runs one image at a time; padded into a batch with a wider image, the FPN would see
+    more padding and propose other boxes. Images of one size still share a batch."""
+    model = make_model_with_rpn()
+    rng = np.random.default_rng(0)
+    small, wide = rng.integers(0, 256, (96, 100, 3), dtype=np.uint8), rng.integers(0, 256, (96, 160, 3), dtype=np.uint8)
+    prepared = model.prepare([small, wide, small])
+    together = model.propose(prepared, 0.9, 50)
+    alone = model.propose(prepared[:1], 0.9, 50)[0]
+    assert torch.equal(together[0].boxes, together[2].boxes)
+    torch.testing.assert_close(together[0].boxes, alone.boxes, rtol=0, atol=1e-4)  # batch of 2 vs 1: float rounding
+    padded = model.propose(prepared, 0.9, 50, pad_together=True)[0]  # the trainers' batch: other proposals
+    assert padded.boxes.shape != alone.boxes.shape or (padded.boxes - alone.boxes).abs().max() > 1e-2

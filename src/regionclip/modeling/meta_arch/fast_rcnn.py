@@ -224,7 +224,8 @@ class OpenVocabularyDetector(RegionCLIP):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         prepared = self.prepare(images)
         if proposals is None:
-            found = self.propose(prepared, self.detection_config.rpn_nms_threshold, self.detection_config.num_proposals)
+            found = self.propose(prepared, self.detection_config.rpn_nms_threshold, self.detection_config.num_proposals,
+                                 pad_together=True)  # the official trainer's offline RPN sees the padded batch
             input_proposals = [p.boxes for p in found]
         else:
             if len(proposals) != len(prepared):

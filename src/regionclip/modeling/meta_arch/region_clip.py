@@ -32,14 +32,22 @@ class ImageDetections(NamedTuple):
     extras: dict[str, torch.Tensor]
 
 
+def indices_by_size(prepared: Sequence[PreparedImage]) -> dict[tuple[int, int], list[int]]:
+    """Positions of the images of each (height, width), sizes in order of first appearance."""
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(prepared):
+        by_size.setdefault(image.size, []).append(index)
+    return by_size
+
+
 class RegionCLIPModel(nn.Module):
     """CLIP's visual tower applied to regions (trunk → RoIAlign → res5 + attention pool), CLIP's text tower for
     vocabularies, and the zero-shot classifier. Parts are swappable attributes: ``trunk``, ``pooler``, ``head``,
     ``text_encoder``, ``classifier``, ``rpn`` (class-agnostic proposal network, frozen, used for detection).
 
     ``precision`` (`regionclip.precision`): ``"fp32"`` (default, exact) or ``"bf16"`` / ``"fp16"`` (CUDA only),
-    applied as autocast around the region head, the RPN and the text encoder; the trunk and RoIAlign stay fp32,
-    weights stay fp32 and every output is fp32."""
+    applied as autocast around the trunk (channels-last), the region head, the RPN and the text encoder; RoIAlign
+    stays fp32, weights stay fp32 and every output is fp32."""
 
     def __init__(
         self,
@@ -138,18 +146,12 @@ class RegionCLIPModel(nn.Module):
         regions of every image of the call, not one image size at a time (fewer, fuller head calls); a positive
         ``sampling_ratio`` replaces RoIAlign's adaptive sampling (`RoIPooler.pool`).
         """
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for index, image in enumerate(prepared):
-            by_size.setdefault(image.size, []).append(index)
+        by_size = indices_by_size(prepared)
         # every region as (size group, row of its roi among the group's): the order of the outputs
         features, rois, regions = [], [], []
         for group, indices in enumerate(by_size.values()):
             batch = torch.stack([self.normalize(prepared[i].pixels) for i in indices])
-            if self.precision != "fp32":
-                # channels_last trunk convolutions: ~1.3x faster on CPU, but they round differently (~1e-6) from
-                # the contiguous path, so the exact fp32 mode keeps the official memory layout
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            features.append(self.trunk(batch))
+            features.append(self._run_trunk(batch))
             rois.append(self.pooler.rois(features[-1], [input_boxes[i].to(self.device) for i in indices]))
             regions.append([(group, row) for row in range(len(rois[-1]))])
         runs = [[region for group in regions for region in group]] if across_images else regions
@@ -163,6 +165,16 @@ class RegionCLIPModel(nn.Module):
         for i, chunk in zip(order, flat.split([len(input_boxes[i]) for i in order])):
             outputs[i] = chunk
         return outputs  # type: ignore[return-value]
+
+    def _run_trunk(self, batch: torch.Tensor) -> torch.Tensor:
+        """res4 features (float32) of a normalised image batch. fp32 runs the trunk contiguous, the exact layout the
+        pinned outputs hold (channels-last convolutions round differently, ~1e-6); a lower precision runs it
+        channels-last under autocast, where the oneDNN convolutions are fastest (RN50, 800x1333: 1.38 s
+        channels-last fp32 vs 0.65 s under bf16 autocast, benchmarks/results/zeroshot_inference_cpu.json)."""
+        if self.precision == "fp32":
+            return self.trunk(batch)
+        with self.autocast():
+            return self.trunk(batch.contiguous(memory_format=torch.channels_last)).float()
 
     def _embed_regions(
         self, features: list[torch.Tensor], rois: list[torch.Tensor], chunk: list[tuple[int, int]], sampling_ratio: int | None
@@ -178,19 +190,28 @@ class RegionCLIPModel(nn.Module):
             return self.head(pooled).float()
 
     # ---- proposals and detection -------------------------------------------------------------------
-    def propose(self, prepared: Sequence[PreparedImage], nms_threshold: float, num_proposals: int) -> list[Proposals]:
+    def propose(
+        self, prepared: Sequence[PreparedImage], nms_threshold: float, num_proposals: int, pad_together: bool = False
+    ) -> list[Proposals]:
         """The RPN's proposals (input frame, float32, on the model's device): NMS at ``nms_threshold``, at most
-        ``num_proposals`` per image. The offline RPN always runs with its test-time settings, in training too."""
+        ``num_proposals`` per image. The offline RPN always runs with its test-time settings, in training too.
+
+        Images of one size share an RPN batch; different sizes run separately, as the official evaluation runs one
+        image at a time (padded to a larger image, an image's FPN features and so its proposals would change).
+        ``pad_together`` pads all of them into one batch instead, as the official trainers do."""
         if self.rpn is None:
             raise ValueError(
                 "no RPN for proposals: attach one (model.rpn or from_pretrained(..., rpn=...)) or pass boxes / proposals"
             )
         self.rpn.eval()
+        groups = [list(range(len(prepared)))] if pad_together else list(indices_by_size(prepared).values())
+        found: list[Proposals] = [None] * len(prepared)  # type: ignore[list-item]
         with self.autocast():
-            found = self.rpn(
-                [p.pixels for p in prepared], nms_thresh=nms_threshold, post_nms_topk=num_proposals
-            )
-        return [p.to(self.device, torch.float32) for p in found]
+            for indices in groups:
+                batch = self.rpn([prepared[i].pixels for i in indices], nms_thresh=nms_threshold, post_nms_topk=num_proposals)
+                for i, proposals in zip(indices, batch):
+                    found[i] = proposals.to(self.device, torch.float32)
+        return found
 
     def refine_boxes(self, features: torch.Tensor, boxes: torch.Tensor, image: PreparedImage) -> torch.Tensor:
         """The boxes detections are reported with, from the region features and the input-frame boxes they were
