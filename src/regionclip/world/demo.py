@@ -105,11 +105,13 @@ class DemoPreset(ConfigBase):
 
     @classmethod
     def default(cls) -> DemoPreset:
-        """``make demo``: 17.2 minutes measured from an empty cache on 2 idle CPU cores (teacher 7.4 min, student 3.0,
-        transfer 1.6, teacher-vs-student evaluation 3.1; more when the machine is slow or busy).
+        """``make demo``: 11.4 minutes measured from an empty cache on 2 idle CPU cores (teacher 4.3 min, student 2.3,
+        transfer 1.3, teacher-vs-student evaluation 1.4; more when the machine is slow or busy).
 
-        The teacher is the ``tiny`` CLIP (64-px input): on 2 cores a 64-image step costs ~0.1 s for ``tiny`` and
-        ~0.3 s for ``small`` at the same input size; 3000 steps take ``tiny`` above the majority-class baseline.
+        The teacher is the ``tiny`` CLIP (64-px input): on 2 cores a 64-image step costs ~0.12 s for ``tiny`` and
+        ~0.3 s for ``small`` at the same input size. 2000 bf16 steps fit the 12-minute budget; 3000 fp32 steps give a
+        stronger teacher and student but take 17 minutes end to end (docs/embedded-world.md). Student, transfer and
+        evaluation run under bf16 autocast (1.4x, 1.2x, ~1.3x; same figures within noise, docs/pretraining.md).
         The pretraining split has 12,000 images (with 3,000 the teacher memorises them), half of them iconic
         single-object close-ups; without those, CLIP trained from scratch learns colours long before shapes and
         stays at chance on categories within this budget (see docs/embedded-world.md)."""
@@ -225,7 +227,7 @@ def cached_comparison(
 
     The figures are a deterministic function of the two cached models and the evaluation settings, so they are
     kept beside the student (``evaluation-<key>.json``) and a second run reads them instead of re-running the
-    ~3 minutes of evaluation. ``cached`` in the result says which happened."""
+    ~1.5 minutes of evaluation. ``cached`` in the result says which happened."""
     settings = {"version": COMPARISON_VERSION, "teacher": first, "templates": config.templates,
                 "ap50_proposals": config.ap50_proposals, "world": world.config.hash()}
     if config.evaluation_precision != "fp32":  # fp32 figures cached before the field keep their key
